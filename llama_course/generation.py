@@ -1,0 +1,137 @@
+"""Autoregressive generation with a KV cache: greedy, temperature, top-k and top-p (nucleus) sampling.
+
+Prompts of different lengths are LEFT-padded into one batch, so every sequence's next token sits in the
+last column. Padding must not shift RoPE positions, so each sequence's positions count its real tokens
+only, and padded keys are masked out of attention.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from llama_course.model import Llama
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of `logits` (B, V): argmax when temperature == 0, otherwise sample from
+    softmax(logits / temperature) restricted to the top_k most likely tokens and/or the smallest set whose
+    probability reaches top_p."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first token always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (tokens, attention_mask), both (B, max_len); mask is 1 on real tokens."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS); got an empty prompt list or prompt")
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return tokens, mask
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions of a left-padded batch: 0, 1, 2, ... over each row's real tokens (padding gets 0)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def generate_stream(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every sequence, (B,), step by step; finished sequences yield `pad_id`.
+
+    Stops after `max_new_tokens` steps or once every sequence has produced `eos_id`. With `use_cache=False`
+    each step recomputes the whole prefix (the slow baseline that the KV cache removes).
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if eos_id is not None and pad_id == eos_id:
+        raise ValueError(f"pad_id={pad_id} equals eos_id: padding would read as end of sequence; use another id")
+    device = model.output.weight.device
+    tokens, mask = left_pad(prompts, pad_id, device)
+    total = tokens.shape[1] + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+            f"model's context of {model.config.max_seq_len}"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    positions = positions_from_mask(mask)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    cache = model.new_cache(len(prompts), total) if use_cache else None
+    step_tokens, step_positions, step_mask = tokens, positions, mask
+    for _ in range(max_new_tokens):
+        logits = model(step_tokens, positions=step_positions, attention_mask=step_mask, cache=cache).logits
+        next_token = sample_next_token(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
+                                       generator=generator)
+        next_token = next_token.masked_fill(finished, pad_id)
+        yield next_token
+        if eos_id is not None:
+            finished |= next_token == eos_id
+            if bool(finished.all()):
+                return
+        next_position = positions[:, -1:] + 1
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        positions = torch.cat([positions, next_position], dim=1)
+        mask = torch.cat([mask, torch.ones_like(next_position)], dim=1)
+        if use_cache:
+            step_tokens, step_positions, step_mask = next_token[:, None], next_position, None
+        else:
+            step_tokens, step_positions, step_mask = tokens, positions, mask
+
+
+def generate(model: Llama, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
+    """The new tokens of each prompt (its EOS included when produced), as lists; see `generate_stream`."""
+    steps = list(generate_stream(model, prompts, max_new_tokens, **kwargs))
+    eos_id = kwargs.get("eos_id")
+    outputs = []
+    for row in range(len(prompts)):
+        out = []
+        for step in steps:
+            token = int(step[row])
+            out.append(token)
+            if token == eos_id:
+                break
+        outputs.append(out)
+    return outputs

@@ -1,0 +1,1 @@
+"""The building blocks of a Llama transformer, one idea per module."""

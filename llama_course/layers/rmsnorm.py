@@ -1,0 +1,23 @@
+"""RMSNorm, the normalisation Llama applies before every sub-layer (Llama 1, section 2.2; Zhang & Sennrich 2019).
+
+Unlike LayerNorm it neither subtracts the mean nor adds a bias: it only rescales each vector to unit root
+mean square, then multiplies by a learned gain that starts at 1.
+"""
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """`x * rsqrt(mean(x^2) + eps) * weight`, computed in float32 and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Low-precision squares overflow or lose digits: reduce in float32, as Meta's reference does.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight

@@ -1,0 +1,58 @@
+"""Rotary position embeddings (Su et al. 2021, RoFormer; Llama 1, section 2.2).
+
+Each pair of channels of a query or key is rotated by an angle proportional to the token's position, with
+one frequency per pair: `theta_i = base^(-2i / head_dim)`. The dot product of a rotated query and key then
+depends only on their relative distance.
+
+Two conventions pair the channels differently:
+- Meta's reference code rotates ADJACENT channels (x0, x1), (x2, x3), ... (it views them as complex numbers);
+- Hugging Face's rotates channel i with channel i + head_dim/2 ("rotate_half").
+They agree once the rows of wq and wk are permuted, which `permute_meta_to_hf` does when converting weights.
+"""
+
+import torch
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of `position * theta^(-2i/head_dim)` for i < head_dim/2, each shaped (*positions.shape, head_dim/2).
+
+    Computed in float32 (float64 when positions are float64), whatever the model dtype.
+    """
+    if head_dim % 2:
+        raise ValueError(f"head_dim={head_dim} must be even for rotary embeddings")
+    dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
+    angles = positions.to(dtype)[..., None] * inv_freq  # (..., T, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Meta's convention: rotate adjacent pairs (x[2i], x[2i+1]) by angle i. x: (..., T, head_dim)."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, head_dim/2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+def apply_rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's convention: rotate (x[i], x[i + head_dim/2]) by angle i. x: (..., T, head_dim)."""
+    x32 = x.float()
+    first, second = x32.chunk(2, dim=-1)
+    rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+    return rotated.type_as(x)
+
+
+def permute_meta_to_hf(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the output rows of a Meta wq/wk (n_heads * head_dim, dim) so rotate_half RoPE gives the same scores.
+
+    Within each head, rows (0, 1, 2, 3, ...) = pairs interleaved become (0, 2, 4, ..., 1, 3, 5, ...) = halves.
+    Use n_kv_heads for wk.
+    """
+    rows, cols = weight.shape
+    return weight.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def permute_hf_to_meta(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `permute_meta_to_hf`."""
+    rows, cols = weight.shape
+    return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)

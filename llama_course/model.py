@@ -1,0 +1,192 @@
+"""The Llama transformer (Llama 1, section 2.2; Llama 2, section 2.2).
+
+Pre-norm blocks `h = x + attention(attention_norm(x))`, `out = h + feed_forward(ffn_norm(h))`, a final
+RMSNorm, and an output projection that is NOT tied to the token embedding. No biases anywhere. Parameter
+names follow Meta's reference checkpoints, so their state dicts load without renaming.
+
+Initialisation (not stated in the papers): every weight matrix ~ N(0, 0.02^2), and the projections that
+write into the residual stream (wo, w2) ~ N(0, (0.02 / sqrt(2 * n_layers))^2) so the residual stream's
+variance does not grow with depth (GPT-2's scheme); RMSNorm gains start at 1.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama_course.config import ModelConfig
+from llama_course.layers.attention import Attention, causal_mask
+from llama_course.layers.kv_cache import KVCache
+from llama_course.layers.rmsnorm import RMSNorm
+from llama_course.layers.rope import rope_angles
+from llama_course.layers.swiglu import FeedForward
+
+IGNORE_INDEX = -100
+
+
+class CausalLMOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, vocab_size), float32
+    loss: torch.Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX, when targets are given
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config.dim, config.n_heads, config.n_kv_heads, config.attention_backend)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config.dim, config.hidden_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer_idx: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(
+            self.attention_norm(x), cos, sin, mask=mask, cache=cache, layer_idx=layer_idx, need_weights=need_weights
+        )
+        h = x + attended
+        return h + self.feed_forward(self.ffn_norm(h)), weights
+
+
+class Llama(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """The initialisation documented in the module docstring (a no-op for tensors on the meta device)."""
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                param.normal_(0.0, residual_std)
+            else:
+                param.normal_(0.0, std)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch every layer to another backend ("eager", "sdpa", "memory_efficient"); weights are unchanged."""
+        self.config = dataclasses.replace(self.config, attention_backend=backend)  # validates the name
+        for layer in self.layers:
+            layer.attention.backend = backend
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to `max_len` (default: the context length) tokens."""
+        max_len = max_len or self.config.max_seq_len
+        weight = self.output.weight
+        return KVCache(self.config.n_layers, batch_size, max_len, self.config.n_kv_heads, self.config.head_dim,
+                       dtype=weight.dtype, device=weight.device)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> CausalLMOutput:
+        """Logits (and loss) for a batch of token ids (B, T).
+
+        positions: (B, T) RoPE positions; default `offset + arange(T)` (offset = cached tokens), or restarting
+            at 0 in each document when `document_ids` is given.
+        cache: a `KVCache` (from `new_cache`) that this call reads and extends, for incremental decoding.
+        attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are never attended.
+        document_ids: (B, T) ids of packed documents; tokens attend only within their own document.
+        targets: (B, T) labels aligned with the logits (targets[t] is the token that should follow tokens[:t+1]);
+            IGNORE_INDEX (-100) marks positions without loss.
+        need_weights: also return each layer's attention weights (eager backend), as `model.last_attention`.
+        """
+        B, T = tokens.shape
+        offset = cache.length if cache is not None else 0
+        self._check_inputs(tokens, offset, targets, positions, attention_mask, document_ids, cache)
+        if positions is None:
+            positions = self._default_positions(T, offset, document_ids, tokens.device)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B or 1, 1, T, head_dim/2), broadcast over heads
+        mask = self._attention_mask(T, offset, attention_mask, document_ids, cache, tokens.device)
+
+        h = self.tok_embeddings(tokens)
+        weights = []
+        for i, layer in enumerate(self.layers):
+            h, w = layer(h, cos, sin, mask=mask, cache=cache, layer_idx=i, need_weights=need_weights)
+            weights.append(w)
+        if cache is not None:
+            cache.advance(T)
+        self.last_attention = weights if need_weights else None
+        logits = self.output(self.norm(h)).float()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return CausalLMOutput(logits, loss)
+
+    def _check_inputs(self, tokens, offset, targets, positions, attention_mask, document_ids, cache) -> None:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        limit = cache.max_len if cache is not None else self.config.max_seq_len
+        if offset + T > limit:
+            raise ValueError(
+                f"sequence of {offset + T} tokens ({offset} cached + {T} new) exceeds the context of {limit}; "
+                "truncate the input or build the model with a larger max_seq_len"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
+            bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        for name, tensor in (("targets", targets), ("positions", positions), ("attention_mask", attention_mask),
+                             ("document_ids", document_ids)):
+            if tensor is not None and tuple(tensor.shape) != (B, T):
+                raise ValueError(f"{name} must have the shape of tokens {(B, T)}, got {tuple(tensor.shape)}")
+        if document_ids is not None and cache is not None:
+            raise ValueError("document_ids (packed training) cannot be combined with a KV cache (decoding)")
+
+    @staticmethod
+    def _default_positions(T: int, offset: int, document_ids: torch.Tensor | None, device) -> torch.Tensor:
+        index = torch.arange(offset, offset + T, device=device)
+        if document_ids is None:
+            return index[None, :]  # (1, T)
+        # Position = distance to the first token of the same document (documents are contiguous runs).
+        starts = torch.ones_like(document_ids, dtype=torch.bool)
+        starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+        return index - start_index
+
+    @staticmethod
+    def _attention_mask(T, offset, attention_mask, document_ids, cache, device) -> torch.Tensor | None:
+        """None for plain causal attention; otherwise a (B, 1, T, offset + T) bool mask (True = may attend)."""
+        if cache is not None:
+            if attention_mask is not None:
+                cache.mark_valid(attention_mask.bool())
+            key_valid = cache.key_valid[:, : offset + T]
+        else:
+            key_valid = None if attention_mask is None else attention_mask.bool()
+        if key_valid is not None and bool(key_valid.all()):
+            key_valid = None
+        if key_valid is None and document_ids is None:
+            return None
+        mask = causal_mask(T, offset + T, offset, device)[None]  # (1, T, Tk)
+        if key_valid is not None:
+            # A padding query still attends itself, so no softmax row is empty (an all -inf row gives NaN).
+            own = causal_mask(T, offset + T, offset, device) & ~causal_mask(T, offset + T, offset - 1, device)
+            mask = mask & (key_valid[:, None, :] | own)
+        if document_ids is not None:
+            mask = mask & (document_ids[:, :, None] == document_ids[:, None, :])
+        return mask[:, None]  # (B or 1, 1, T, Tk)
