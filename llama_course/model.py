@@ -28,7 +28,7 @@ IGNORE_INDEX = -100
 
 
 class CausalLMOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, vocab_size), float32
+    logits: torch.Tensor  # (B, T, vocab_size), float32 (float64 for a float64 model)
     loss: torch.Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX, when targets are given
 
 
@@ -115,12 +115,15 @@ class Llama(nn.Module):
             IGNORE_INDEX (-100) marks positions without loss.
         need_weights: also return each layer's attention weights (eager backend), as `model.last_attention`.
         """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
         offset = cache.length if cache is not None else 0
         self._check_inputs(tokens, offset, targets, positions, attention_mask, document_ids, cache)
         if positions is None:
             positions = self._default_positions(T, offset, document_ids, tokens.device)
-        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        compute_dtype = torch.promote_types(self.output.weight.dtype, torch.float32)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta, compute_dtype)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B or 1, 1, T, head_dim/2), broadcast over heads
         mask = self._attention_mask(T, offset, attention_mask, document_ids, cache, tokens.device)
 
@@ -132,15 +135,13 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(T)
         self.last_attention = weights if need_weights else None
-        logits = self.output(self.norm(h)).float()
+        logits = self.output(self.norm(h)).to(compute_dtype)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return CausalLMOutput(logits, loss)
 
     def _check_inputs(self, tokens, offset, targets, positions, attention_mask, document_ids, cache) -> None:
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
         limit = cache.max_len if cache is not None else self.config.max_seq_len
         if offset + T > limit:

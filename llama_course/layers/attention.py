@@ -50,7 +50,8 @@ def eager_attention(
     """The plain formula, softmax(q k^T / sqrt(hd)) v, with the (Tq, Tk) score matrix in float32 memory."""
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    compute = torch.promote_types(q.dtype, torch.float32)  # float32 scores and softmax, float64 stays float64
+    scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
     if mask is None:
         mask = causal_mask(q.shape[2], k.shape[2], offset, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))

@@ -9,7 +9,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """`x * rsqrt(mean(x^2) + eps) * weight`, computed in float32 and cast back to the input dtype."""
+    """`x * rsqrt(mean(x^2) + eps) * weight`, computed in float32 (float64 stays float64), cast back."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -17,7 +17,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Low-precision squares overflow or lose digits: reduce in float32, as Meta's reference does.
-        x32 = x.float()
+        # Low-precision squares overflow or lose digits: reduce in (at least) float32, as Meta's reference does.
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight

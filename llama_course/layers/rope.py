@@ -13,22 +13,25 @@ They agree once the rows of wq and wk are permuted, which `permute_meta_to_hf` d
 import torch
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of `position * theta^(-2i/head_dim)` for i < head_dim/2, each shaped (*positions.shape, head_dim/2).
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, theta: float = 10000.0, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of `position * theta^(-2i/head_dim)` for i < head_dim/2, each (*positions.shape, head_dim/2).
 
-    Computed in float32 (float64 when positions are float64), whatever the model dtype.
+    Computed in `dtype`: by default float32 (float64 for float64 positions), never in a low precision.
     """
     if head_dim % 2:
         raise ValueError(f"head_dim={head_dim} must be even for rotary embeddings")
-    dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
+    if dtype is None:
+        dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
     angles = positions.to(dtype)[..., None] * inv_freq  # (..., T, head_dim/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Meta's convention: rotate adjacent pairs (x[2i], x[2i+1]) by angle i. x: (..., T, head_dim)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, head_dim/2, 2)
+    """Meta's convention: rotate adjacent pairs (x[2i], x[2i+1]) by angle i, in cos's dtype. x: (..., T, head_dim)."""
+    pairs = x.to(cos.dtype).unflatten(-1, (-1, 2))  # (..., T, head_dim/2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
@@ -36,8 +39,7 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 
 def apply_rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Hugging Face's convention: rotate (x[i], x[i + head_dim/2]) by angle i. x: (..., T, head_dim)."""
-    x32 = x.float()
-    first, second = x32.chunk(2, dim=-1)
+    first, second = x.to(cos.dtype).chunk(2, dim=-1)
     rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
     return rotated.type_as(x)
 
