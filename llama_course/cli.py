@@ -1,0 +1,45 @@
+"""The `llama-course` command line. Each subcommand is a thin shell over a package function."""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _presets(args: argparse.Namespace) -> None:
+    from llama_course.config import PRESETS, count_parameters
+
+    print(f"{'preset':<12} {'dim':>5} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn':>6} {'context':>7} {'parameters':>15}")
+    for name, config in PRESETS.items():
+        print(f"{name:<12} {config.dim:>5} {config.n_layers:>6} {config.n_heads:>5} {config.n_kv_heads:>3} "
+              f"{config.hidden_dim:>6} {config.max_seq_len:>7} {count_parameters(config):>15,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama-course", description="Llama 1 and Llama 2 rebuilt piece by piece: the course's command line."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        handlers[name] = handler
+        return commands.add_parser(name, help=help, description=help)
+
+    command("presets", _presets, "print every model preset with its exact parameter count")
+    parser.set_defaults(handlers=handlers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handlers[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"llama-course {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
