@@ -1,6 +1,7 @@
 """The `llama-course` command line. Each subcommand is a thin shell over a package function."""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -8,10 +9,21 @@ from collections.abc import Callable, Sequence
 def _presets(args: argparse.Namespace) -> None:
     from llama_course.config import PRESETS, count_parameters
 
-    print(f"{'preset':<12} {'dim':>5} {'layers':>6} {'heads':>5} {'kv':>3} {'ffn':>6} {'context':>7} {'parameters':>15}")
+    header = ("preset", "dim", "layers", "heads", "kv", "ffn", "context", "parameters")
+    print("{:<12} {:>5} {:>6} {:>5} {:>3} {:>6} {:>7} {:>15}".format(*header))
     for name, config in PRESETS.items():
         print(f"{name:<12} {config.dim:>5} {config.n_layers:>6} {config.n_heads:>5} {config.n_kv_heads:>3} "
               f"{config.hidden_dim:>6} {config.max_seq_len:>7} {count_parameters(config):>15,}")
+
+
+# Subcommands implemented by a package module exposing `add_arguments(parser)` and `run(args)`.
+SUBCOMMAND_MODULES = [
+    ("build-tokenizer", "llama_course.toyworld.build_tokenizer", "retrain the toy world's shipped tokenizer"),
+]
+
+
+def _run_module(module: str) -> Callable[[argparse.Namespace], None]:
+    return lambda args: importlib.import_module(module).run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help)
 
     command("presets", _presets, "print every model preset with its exact parameter count")
+    for name, module, help in SUBCOMMAND_MODULES:
+        sub = command(name, _run_module(module), help)
+        importlib.import_module(module).add_arguments(sub)
     parser.set_defaults(handlers=handlers)
     return parser
 

@@ -91,10 +91,10 @@ PRESETS: dict[str, ModelConfig] = {
     "llama2-7b": _llama2(4096, 32, 32),
     "llama2-13b": _llama2(5120, 40, 40),
     "llama2-70b": _llama2(8192, 80, 64, n_kv_heads=8, ffn_dim_multiplier=1.3, multiple_of=4096),
-    # Laptop scale, for the toy world's tokenizer (vocabulary 2048); GQA kept so every mechanism is exercised.
-    "tiny": ModelConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32,
+    # Laptop scale, for the toy world's tokenizer (vocabulary 1024); GQA kept so every mechanism is exercised.
+    "tiny": ModelConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=1024, multiple_of=32,
                         max_seq_len=512),
-    "small": ModelConfig(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=2048, multiple_of=32,
+    "small": ModelConfig(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=1024, multiple_of=32,
                          max_seq_len=512),
     # llama2.c's stories15M shape with Llama's 32k vocabulary (24.4M parameters): the benchmark config.
     "bench-24m": ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, multiple_of=32, max_seq_len=256),
