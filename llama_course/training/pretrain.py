@@ -1,0 +1,233 @@
+"""Pretraining a Llama on a text corpus (Llama 1 section 2.1-2.2): configuration, data, and `run_pretraining`.
+
+A run is described by a `PretrainConfig` (model, data, trainer), written as a TOML or JSON file and/or
+command-line flags. The same command runs on a laptop and, under `torchrun --nproc_per_node 8`, on 8 GPUs:
+
+    llama-course pretrain --config tiny.toml --set trainer.steps=2000
+    torchrun --nproc_per_node 8 -m llama_course.cli pretrain --config big.toml --set trainer.parallelism=fsdp
+
+A config file (every key optional; the defaults are below):
+
+    output_dir = "runs/pretrain-tiny"
+    [model]                      # a preset, then any ModelConfig field overriding it
+    preset = "tiny"
+    [data]
+    corpus = "toy-stories"       # a `load_corpus` name: toy-stories (offline) or tinystories (Hub)
+    [trainer]                    # any TrainerConfig field
+    steps = 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llama_course.config import PRESETS, ModelConfig
+from llama_course.model import Llama
+from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state
+from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "toy-stories"  # name for llama_course.toyworld.load_corpus
+    documents: int = 20_000  # training documents
+    validation_documents: int = 500  # held-out documents, drawn after the training ones
+    seed: int = 0  # corpus generation seed (toy corpora)
+    tokenizer: str = "toy"  # "toy" (the shipped toy tokenizer) or the path of a SentencePiece tokenizer.model
+    block_size: int = 256  # tokens per training sequence
+    document_masking: bool = True  # attention and RoPE positions restart at each packed document
+
+    def __post_init__(self) -> None:
+        for name in ("documents", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be a positive integer")
+        if self.validation_documents < 0:
+            raise ValueError(f"data.validation_documents={self.validation_documents} must be >= 0")
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = "runs/pretrain"
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})  # preset + ModelConfig overrides
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-3, warmup_steps=50, steps=1000))
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The preset with the overrides applied; the vocabulary always matches the tokenizer's."""
+        overrides = dict(self.model)
+        preset = overrides.pop("preset", "tiny")
+        if preset not in PRESETS:
+            raise ValueError(f"model.preset={preset!r} is unknown; choose one of {sorted(PRESETS)}")
+        values = PRESETS[preset].to_dict() | overrides | {"vocab_size": vocab_size}
+        values["max_seq_len"] = max(values["max_seq_len"], self.data.block_size)
+        return ModelConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        known = {"output_dir", "model", "data", "trainer"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown pretraining config keys {unknown}; the sections are {sorted(known)}")
+        return cls(
+            output_dir=str(values.get("output_dir", cls.output_dir)),
+            model=dict(values.get("model", {"preset": "tiny"})),
+            data=_build(DataConfig, values.get("data", {}), "data"),
+            trainer=_build(TrainerConfig, {"lr": 1e-3, "warmup_steps": 50} | values.get("trainer", {}), "trainer"),
+        )
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in [{section}]; the known keys are {sorted(known)}")
+    return cls(**values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file at {str(path)!r}")
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r} must look like section.key=value, e.g. trainer.lr=3e-4")
+        *sections, name = key.strip().split(".")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word: a string
+        table = values
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[name] = value
+    return PretrainConfig.from_dict(values)
+
+
+def _load_tokenizer(spec: str):
+    from llama_course.tokenizer import Tokenizer
+    from llama_course.toyworld import toy_tokenizer
+
+    return toy_tokenizer() if spec == "toy" else Tokenizer(spec)
+
+
+def build_datasets(config: DataConfig):
+    """Tokenized, packed training and validation blocks (`datasets.Dataset`s with input_ids, labels, document_ids)."""
+    from llama_course.data import pack_dataset, tokenize_dataset
+    from llama_course.toyworld import load_corpus
+
+    tokenizer = _load_tokenizer(config.tokenizer)
+    corpus = load_corpus(config.corpus, n=config.documents + config.validation_documents, seed=config.seed)
+    wanted = config.documents + config.validation_documents
+    if len(corpus) < wanted:
+        raise ValueError(f"corpus {config.corpus!r} has {len(corpus)} documents, fewer than "
+                         f"data.documents + data.validation_documents = {wanted}")
+    # Blocks never straddle the split: pack each part separately.
+    train = pack_dataset(tokenize_dataset(corpus.select(range(config.documents)), tokenizer), config.block_size)
+    validation = None
+    if config.validation_documents:
+        held_out = corpus.select(range(config.documents, len(corpus)))
+        validation = pack_dataset(tokenize_dataset(held_out, tokenizer), config.block_size)
+    return tokenizer, train, validation
+
+
+def run_pretraining(config: PretrainConfig) -> TrainingResult:
+    """Build the data and a seeded model, then train (resuming from `output_dir` if it holds a checkpoint)."""
+    tokenizer, train, validation = build_datasets(config.data)
+    model_config = config.model_config(tokenizer.vocab_size)
+    torch.manual_seed(config.trainer.seed)
+    model = Llama(model_config)
+    columns = ["input_ids", "labels"] + (["document_ids"] if config.data.document_masking else [])
+    output_dir = Path(config.output_dir)
+    trainer = Trainer(model, train, config.trainer, output_dir, eval_data=validation, columns=columns,
+                      metadata={"model_config": model_config.to_dict(), "pretrain_config": config.to_dict(),
+                                "tokenizer": str(tokenizer.model_path)})
+    if trainer.context.is_main:
+        print(f"model {model_config} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+              f"{len(train):,} training blocks of {config.data.block_size} tokens, "
+              f"{trainer.context.world_size} process(es), {trainer.parallelism}, device {trainer.context.device}")
+    result = trainer.fit()
+    if trainer.context.is_main:
+        from llama_course.training.metrics import plot_metrics
+
+        plot_metrics(output_dir, output_dir / "metrics.png")
+    return result
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> Llama:
+    """The `Llama` of a checkpoint directory, or of the newest checkpoint of a run directory (either format)."""
+    path = Path(path)
+    checkpoint = path if (path / "trainer_state.json").exists() else latest_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint nor a run directory with checkpoints")
+    model_config = ModelConfig.from_dict(read_trainer_state(checkpoint)["metadata"]["model_config"])
+    model = Llama(model_config)
+    load_checkpoint(checkpoint, model, None)
+    return model.to(device).eval()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course pretrain` flags; every config key is also settable with --set section.key=value."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys (TOML file or --set), with defaults:\n" + _describe_keys()
+    parser.add_argument("--config", type=Path, help="a TOML or JSON config file (see the keys below)")
+    parser.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, metrics.png")
+    parser.add_argument("--preset", help=f"model preset, one of {', '.join(PRESETS)}")
+    parser.add_argument("--steps", type=int, help="optimizer steps")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, help="sequences per process per micro-batch")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    parser.add_argument("--block-size", type=int, help="tokens per training sequence")
+    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument("--parallelism", choices=["auto", "none", "ddp", "fsdp"], help="multi-process strategy")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
+    parser.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set trainer.warmup_steps=100 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
+
+
+_FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
+              "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
+              "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
+              "compile": "trainer.compile", "seed": "trainer.seed"}
+
+
+def _describe_keys() -> str:
+    lines = ["  output_dir = \"runs/pretrain\"", "  model.preset = \"tiny\"  (and any ModelConfig field)"]
+    defaults = PretrainConfig()
+    for section, instance in (("data", defaults.data), ("trainer", defaults.trainer)):
+        lines += [f"  {section}.{f.name} = {json.dumps(getattr(instance, f.name))}"
+                  for f in dataclasses.fields(instance)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course pretrain`: config file, then flags, then --set overrides (the last one wins)."""
+    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in _FLAG_KEYS.items()
+                 if getattr(args, flag, None) is not None]
+    config = load_config(args.config, overrides + list(args.overrides))
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    result = run_pretraining(config)
+    if result.stopped_by_signal:
+        print(f"stopped by SIGTERM at step {result.step}; resume with the same command ({result.checkpoint})")
+    elif result.val_loss is not None:
+        print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")

@@ -1,0 +1,335 @@
+"""One training loop for pretraining, supervised fine-tuning and reward models (Llama 1 and 2, section 2.2).
+
+The loop composes separate components, as torchtitan does: `parallelize` (DDP / FSDP2), `build_optimizer`
+(AdamW with the decay split), `build_scheduler` (warm-up + cosine), `ShardedBatches` (resumable data),
+`save_checkpoint` / `load_checkpoint`, and `MetricsLog`. What is trained is pluggable: a loss function
+
+    loss_fn(model, batch) -> LossSum(total, count)
+
+returns the SUM of the per-item losses of a micro-batch and the number of items (target tokens for a
+language model, pairs for a reward model). The trainer divides the gradient by the count of the whole global
+batch (all micro-batches on all ranks), so every target token weighs the same however the batch is split:
+averaging per-micro-batch means would weigh a token of a short (heavily masked) micro-batch more, and would
+make gradient accumulation and data parallelism disagree with plain large-batch training.
+
+One optimizer step: forward + backward of each micro-batch (bf16 autocast on CUDA), then rescale the
+gradients, clip their global norm to 1.0, AdamW step, schedule step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from llama_course.model import IGNORE_INDEX
+from llama_course.training.batches import Batch, BlockSource, ShardedBatches, evaluation_batches
+from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llama_course.training.distributed import (
+    all_reduce_sum,
+    gradient_sync,
+    init_distributed,
+    parallelize,
+    resolve_parallelism,
+    transformer_blocks,
+)
+from llama_course.training.metrics import MetricsLog
+from llama_course.training.optim import AdamWConfig, build_optimizer
+from llama_course.training.schedule import build_scheduler
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+AUTOCAST_MODES = ("auto", "bf16", "off")
+
+
+class LossSum(NamedTuple):
+    total: torch.Tensor  # scalar: the summed loss of the micro-batch's items
+    count: torch.Tensor  # scalar: how many items were summed
+
+
+LossFunction = Callable[[nn.Module, Batch], LossSum]
+
+
+def causal_lm_loss(model: nn.Module, batch: Batch) -> LossSum:
+    """Summed next-token cross-entropy over labels != IGNORE_INDEX (`labels` already aligned with positions).
+
+    `document_ids`, when the batch has them, keep attention and RoPE positions inside each packed document.
+    """
+    labels = batch["labels"]
+    logits = model(batch["input_ids"], document_ids=batch.get("document_ids")).logits  # (B, T, V)
+    # Llama returns float32 logits under bf16 (float64 for a float64 model), so the softmax is never in bf16.
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return LossSum(total, (labels != IGNORE_INDEX).sum())
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; the run stopped without saving."""
+
+
+@dataclass
+class TrainerConfig:
+    """Everything the loop needs; defaults are Llama's recipe (AdamW 0.9 / 0.95, eps 1e-5, wd 0.1, clip 1.0)."""
+
+    steps: int = 1000  # optimizer steps of the whole run (the cosine ends here)
+    micro_batch_size: int = 8  # sequences per process per forward pass
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4  # peak learning rate
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    final_lr_ratio: float = 0.1  # the cosine ends at 10% of the peak
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_every: int = 100  # steps between evaluations (0: only at the end)
+    eval_batches: int = 20  # evaluation batches of micro_batch_size sequences per process
+    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    log_every: int = 10  # steps between metrics lines
+    seed: int = 0  # data order (the model's initialisation is seeded by whoever builds it)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: str = "float32"  # parameter dtype: float32, or float64 for exactness tests
+    autocast: str = "auto"  # auto (bf16 on CUDA only), bf16, off
+    compile: bool = False  # torch.compile each transformer block
+    parallelism: str = "auto"  # auto (ddp when launched by torchrun), none, ddp, fsdp
+    progress: bool = True  # tqdm progress bar on the main process
+    resume: bool = True  # continue from the newest checkpoint in the output directory
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is unknown; choose one of {tuple(DTYPES)}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast={self.autocast!r} is unknown; choose one of {AUTOCAST_MODES}")
+        self.adamw()  # validates lr, betas, eps, weight decay
+
+    def adamw(self) -> AdamWConfig:
+        return AdamWConfig(self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+
+
+@dataclass
+class TrainingResult:
+    step: int  # optimizer steps completed by the run so far
+    losses: list[float] = field(default_factory=list)  # training loss of every step done by this call
+    val_loss: float | None = None  # last evaluation
+    stopped_by_signal: bool = False  # SIGTERM: saved and stopped before `steps`
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    """Trains `model` on `train_data` with `loss_fn`, writing checkpoints and metrics to `output_dir`.
+
+    Build the model (seeded) on the CPU and hand it over: the trainer moves it to the device and dtype,
+    applies DDP or FSDP2, builds AdamW and the schedule, and resumes from the newest checkpoint if any.
+    `metadata` (JSON) is stored in every checkpoint, e.g. the model configuration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: BlockSource,
+        config: TrainerConfig,
+        output_dir: str | Path,
+        *,
+        loss_fn: LossFunction = causal_lm_loss,
+        eval_data: BlockSource | None = None,
+        columns: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.loss_fn = loss_fn
+        self.metadata = metadata or {}
+        self.context = init_distributed(config.device)
+        self.parallelism = resolve_parallelism(config.parallelism, self.context)
+        on_cuda = self.context.device.type == "cuda"
+        if config.autocast == "bf16" and not on_cuda:
+            raise ValueError(f"autocast='bf16' needs a CUDA device, got {self.context.device}; use autocast='off'")
+        use_bf16 = on_cuda and config.autocast != "off"
+        # FSDP2 casts parameters to bf16 itself (its mixed-precision policy); DDP and one process use autocast.
+        self.autocast = use_bf16 and self.parallelism != "fsdp"
+
+        self.raw_model = model.to(device=self.context.device, dtype=DTYPES[config.dtype])
+        if config.compile:
+            for block in transformer_blocks(self.raw_model):
+                block.compile()
+        self.model = parallelize(self.raw_model, self.context, self.parallelism, mixed_precision=use_bf16)
+        self.optimizer = build_optimizer(self.raw_model, config.adamw())
+        self.scheduler = build_scheduler(self.optimizer, config.warmup_steps, config.steps, config.final_lr_ratio)
+        self.batches = ShardedBatches(
+            train_data, config.micro_batch_size, config.grad_accum_steps,
+            rank=self.context.rank, world_size=self.context.world_size, seed=config.seed, columns=columns,
+        )
+        self.eval_batches = (
+            evaluation_batches(eval_data, config.micro_batch_size, config.eval_batches, rank=self.context.rank,
+                               world_size=self.context.world_size, columns=columns)
+            if eval_data is not None and config.eval_batches > 0 else []
+        )
+        self.metrics = MetricsLog(self.output_dir, enabled=self.context.is_main)
+        self.step = 0
+        self.tokens = 0
+        self._stop_requested = False
+        checkpoint = latest_checkpoint(self.output_dir) if config.resume else None
+        if checkpoint is not None:
+            self.resume_from(checkpoint)
+        elif self.context.is_main and (self.output_dir / "metrics.jsonl").exists():
+            self.metrics.truncate_after(0)
+
+    # ----- checkpoints -------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "data": self.batches.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "world_size": self.context.world_size,
+            "parallelism": self.parallelism,
+            "config": dataclasses.asdict(self.config),
+            "metadata": self.metadata,
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.output_dir, self.step, self.raw_model, self.optimizer, self.trainer_state(),
+            sharded=self.parallelism == "fsdp", rank=self.context.rank, keep=self.config.keep_checkpoints,
+        )
+
+    def resume_from(self, path: str | Path) -> None:
+        state = load_checkpoint(path, self.raw_model, self.optimizer, rank=self.context.rank,
+                                world_size=self.context.world_size)
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.batches.load_state_dict(state["data"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.metrics.truncate_after(self.step)
+
+    # ----- one step ----------------------------------------------------------------------------------------
+    def _to_device(self, batch: Batch) -> Batch:
+        return {name: tensor.to(self.context.device, non_blocking=True) for name, tensor in batch.items()}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over the next global batch; returns (mean loss, gradient norm before clipping)."""
+        micro_batches = self.batches.next_step()
+        # (summed loss, items, input tokens, stop requested), reduced over ranks in a single all-reduce
+        stats = torch.zeros(4, dtype=torch.float64, device=self.context.device)
+        for index, batch in enumerate(micro_batches):
+            batch = self._to_device(batch)
+            with gradient_sync(self.model, enabled=index == len(micro_batches) - 1), self._autocast():
+                loss = self.loss_fn(self.model, batch)
+                loss.total.backward()
+            stats[0] += loss.total.detach().double()
+            stats[1] += loss.count
+            stats[2] += batch["input_ids"].numel() if "input_ids" in batch else 0
+        stats[3] = float(self._stop_requested)
+        stats = all_reduce_sum(stats)
+        count = max(stats[1].item(), 1.0)
+        mean_loss = stats[0].item() / count
+        # DDP and FSDP average gradients over ranks; undo that and divide by the global item count instead.
+        scale = self.context.world_size / count
+        parameters = [p for p in self.raw_model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            for parameter in parameters:
+                parameter.grad.mul_(scale)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
+            last = latest_checkpoint(self.output_dir)
+            raise NonFiniteLossError(
+                f"step {self.step + 1}: loss={mean_loss}, gradient norm={grad_norm} is not finite; the run "
+                f"stopped without saving. The last good checkpoint is {str(last) if last else 'none'}: "
+                "resume from it with a lower learning rate, more warm-up, or autocast='off'"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens += int(stats[2].item())
+        self._stop_requested = stats[3].item() > 0
+        return mean_loss, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss per item over the fixed evaluation batches (all ranks together); None without eval data."""
+        if not self.eval_batches:
+            return None
+        self.model.eval()
+        stats = torch.zeros(2, dtype=torch.float64, device=self.context.device)
+        for batch in self.eval_batches:
+            with self._autocast():
+                loss = self.loss_fn(self.model, self._to_device(batch))
+            stats[0] += loss.total.double()
+            stats[1] += loss.count
+        self.model.train()
+        stats = all_reduce_sum(stats)
+        return stats[0].item() / max(stats[1].item(), 1.0)
+
+    # ----- the loop ----------------------------------------------------------------------------------------
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def fit(self, until_step: int | None = None) -> TrainingResult:
+        """Train until `config.steps`, or until SIGTERM (then save and return). Resumed runs continue exactly.
+
+        `until_step` stops (and saves) earlier, to split a run into pieces; the schedule still ends at `steps`.
+        """
+        config = self.config
+        stop_at = config.steps if until_step is None else min(until_step, config.steps)
+        result = TrainingResult(step=self.step)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, self._request_stop) if in_main_thread else None
+        self.model.train()
+        progress = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.context.is_main),
+                        desc="training", unit="step", dynamic_ncols=True)
+        started, start_tokens = time.perf_counter(), self.tokens
+        try:
+            while self.step < stop_at:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, grad_norm = self.train_step()
+                result.losses.append(loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                last_step = self.step == stop_at
+                if self.step % config.log_every == 0 or last_step or self._stop_requested:
+                    elapsed = time.perf_counter() - started
+                    self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                      "tokens": self.tokens,
+                                      "tokens_per_second": (self.tokens - start_tokens) / max(elapsed, 1e-9)})
+                if (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps:
+                    result.val_loss = self.evaluate()
+                    if result.val_loss is not None:
+                        self.metrics.log({"step": self.step, "val_loss": result.val_loss, "tokens": self.tokens})
+                periodic = config.checkpoint_every and self.step % config.checkpoint_every == 0
+                if periodic or last_step or self._stop_requested:
+                    result.checkpoint = self.save()
+                if self._stop_requested and not last_step:
+                    result.stopped_by_signal = True
+                    break
+        finally:
+            progress.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        result.step = self.step
+        return result
