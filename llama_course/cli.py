@@ -19,6 +19,7 @@ def _presets(args: argparse.Namespace) -> None:
 # Subcommands implemented by a package module exposing `add_arguments(parser)` and `run(args)`.
 SUBCOMMAND_MODULES = [
     ("build-tokenizer", "llama_course.toyworld.build_tokenizer", "retrain the toy world's shipped tokenizer"),
+    ("grade", "llama_course.grading.cli", "grade an exercise notebook: run it, test its functions, print the score"),
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
 ]
 

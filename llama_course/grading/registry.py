@@ -1,0 +1,89 @@
+"""Exercises, their graded tasks and the tests that grade them, CS336 style.
+
+An exercise notebook asks the student to write a few functions (the tasks). Each task is graded by short tests
+named after the behaviour they pin down; a test receives the student's function, compares it with the
+package's reference on random inputs or checks a property, and raises (usually `AssertionError`) on failure.
+
+    exercise = Exercise(chapter=2, name="02_rmsnorm", title="RMSNorm and pre-normalisation")
+
+    @exercise.test("rms_norm", points=2)
+    def matches_the_reference_in_float64(rms_norm): ...
+
+The tests of chapter NN live in `llama_course.grading.checks.exNN_name`, a module that defines `EXERCISE`.
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llama_course.grading import checks
+
+TestFunction = Callable[[Callable], None]
+
+
+@dataclass(frozen=True)
+class GradedTest:
+    """One behaviour of one task, worth `points`; `check(student_function)` raises when it is not met."""
+
+    name: str
+    points: int
+    check: TestFunction
+
+
+@dataclass
+class Task:
+    """A function the student writes, graded by its tests."""
+
+    function: str
+    tests: list[GradedTest] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return sum(test.points for test in self.tests)
+
+
+@dataclass
+class Exercise:
+    """The graded tasks of one chapter's exercise notebook `exercises/{name}.ipynb`."""
+
+    chapter: int
+    name: str
+    title: str
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    @property
+    def points(self) -> int:
+        return sum(task.points for task in self.tasks.values())
+
+    def test(self, function: str, points: int) -> Callable[[TestFunction], TestFunction]:
+        """Register the decorated function as a test of the task `function`; its name names the behaviour."""
+        if points <= 0:
+            raise ValueError(f"points={points} must be positive")
+
+        def register(check: TestFunction) -> TestFunction:
+            task = self.tasks.setdefault(function, Task(function))
+            task.tests.append(GradedTest(check.__name__.replace("_", " "), points, check))
+            return check
+
+        return register
+
+
+def exercise_modules() -> list[str]:
+    """Names of the modules under `llama_course.grading.checks`, one per exercise, in chapter order."""
+    return sorted(info.name for info in pkgutil.iter_modules(checks.__path__) if info.name.startswith("ex"))
+
+
+def all_exercises() -> list[Exercise]:
+    """Every gradable exercise, in chapter order."""
+    return [importlib.import_module(f"{checks.__name__}.{module}").EXERCISE for module in exercise_modules()]
+
+
+def find_exercise(key: int | str) -> Exercise:
+    """The exercise of chapter `key` (2), of name `key` ("02_rmsnorm"), or of a notebook path's stem."""
+    exercises = all_exercises()
+    for exercise in exercises:
+        if key in (exercise.chapter, exercise.name, f"{exercise.chapter:02d}"):
+            return exercise
+    known = ", ".join(f"{exercise.chapter} ({exercise.name})" for exercise in exercises)
+    raise ValueError(f"no graded exercise {key!r}; the exercises are: {known}")
