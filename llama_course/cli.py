@@ -20,6 +20,7 @@ def _presets(args: argparse.Namespace) -> None:
 SUBCOMMAND_MODULES = [
     ("build-tokenizer", "llama_course.toyworld.build_tokenizer", "retrain the toy world's shipped tokenizer"),
     ("grade", "llama_course.grading.cli", "grade an exercise notebook: run it, test its functions, print the score"),
+    ("sync-notebooks", "llama_course.notebooks", "run chapters and write their paired .ipynb (checked outputs only)"),
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
 ]
 

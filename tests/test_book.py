@@ -1,0 +1,152 @@
+"""The rendered book, opened in headless Chromium: no JavaScript error, no broken image, a figure per chapter.
+
+Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs before pytest) and Debian's
+`chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are
+those of that origin.
+
+Offline, resources from the internet cannot load. The book loads exactly one: MathJax, from the CDN named in
+`OFFLINE_CDN_HOSTS` (Sphinx's default `mathjax_path`). Console errors about a URL on such a host are told
+apart and tolerated (the math then shows as TeX source). So is the 404 of `/favicon.ico` at the server root:
+Chromium requests it by itself for a page that names no icon, and the book names none. Every other console
+error fails the test, and so does a broken image from anywhere: the book ships every image it shows.
+"""
+
+import functools
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SCREENSHOT = ROOT / "_build" / "chapter_screenshot.png"
+OFFLINE_CDN_HOSTS = {"cdn.jsdelivr.net": "MathJax 3 (Sphinx's default mathjax_path)"}
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1600")
+
+pytestmark = pytest.mark.skipif(
+    not HTML.is_dir(), reason=f"{HTML} does not exist: build the book first (jupyter-book build . -W -n --keep-going)"
+)
+
+IMAGES_STATE = """
+return Array.from(document.images).map(img => ({
+    src: img.currentSrc || img.src, complete: img.complete, width: img.naturalWidth,
+    figure: img.closest('.cell_output') !== null}));
+"""
+
+
+def book_pages() -> list[Path]:
+    skipped = {"_static", "_sources", "_images"}
+    return sorted(p for p in HTML.rglob("*.html") if not skipped & set(p.relative_to(HTML).parts))
+
+
+def book_pages_in(folder: str) -> list[Path]:
+    pages = [p for p in book_pages() if p.relative_to(HTML).parts[0] == folder]
+    assert pages, f"no page rendered under {HTML / folder}"
+    return pages
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "apt-get install chromium chromium-driver (Debian's packages) first"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def load(browser, url: str) -> list[dict]:
+    """Open `url`, wait until every image finished loading, and return the images' state."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
+    wait.until(lambda b: all(img["complete"] for img in b.execute_script(IMAGES_STATE)))
+    return browser.execute_script(IMAGES_STATE)
+
+
+def split_console_errors(entries: list[dict], origin: str) -> tuple[list[str], list[str]]:
+    """(the book's own errors, errors about an offline CDN) among the browser log entries."""
+    own, offline = [], []
+    for entry in entries:
+        if entry["level"] != "SEVERE":
+            continue
+        message = entry["message"]
+        url = message.split(" ", 1)[0]
+        host = urlsplit(url).hostname if url.startswith(("http://", "https://")) else None
+        if host in OFFLINE_CDN_HOSTS and not message.startswith(origin):
+            offline.append(message)
+        elif url == f"{origin}/favicon.ico":
+            continue
+        else:
+            own.append(message)
+    return own, offline
+
+
+def test_every_book_page_and_chapter_is_rendered():
+    pages = {p.relative_to(HTML).as_posix() for p in book_pages()}
+    chapters = sorted(p.with_suffix(".html").name for p in (ROOT / "chapters").glob("[0-9]*.md"))
+    for page in ("book/preface.html", "book/setup.html", "book/grading.html", "book/references.html"):
+        assert page in pages, f"{page} missing from {HTML}; is it listed in _toc.yml?"
+    assert chapters, "no chapter found in chapters/"
+    for chapter in chapters:
+        assert f"chapters/{chapter}" in pages, f"chapters/{chapter} was not rendered: add it to _toc.yml"
+
+
+def test_pages_load_without_javascript_errors_or_broken_images(server, browser, capsys):
+    problems, offline = [], set()
+    for page in book_pages():
+        relative = page.relative_to(HTML).as_posix()
+        browser.get_log("browser")  # drop what the previous page left
+        images = load(browser, f"{server}/{relative}")
+        own_errors, offline_errors = split_console_errors(browser.get_log("browser"), server)
+        problems += [f"{relative}: JavaScript console error: {message}" for message in own_errors]
+        offline.update(offline_errors)
+        problems += [f"{relative}: broken image {img['src']}" for img in images if img["width"] == 0]
+        if relative.startswith("chapters/"):
+            figures = [img for img in images if img["figure"] and img["width"] > 0]
+            if not figures:
+                problems.append(f"{relative}: chapter page without a figure (no image among the cell outputs)")
+    with capsys.disabled():
+        for message in sorted(offline):
+            print(f"\n[tolerated, offline CDN] {message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_screenshot_of_a_chapter(server, browser):
+    chapter = book_pages_in("chapters")[0]
+    load(browser, f"{server}/chapters/{chapter.name}")
+    browser.execute_script("document.querySelector('.cell_output img').scrollIntoView({block: 'center'})")
+    SCREENSHOT.unlink(missing_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT)), f"could not save {SCREENSHOT}"
+    assert SCREENSHOT.stat().st_size > 10_000, f"{SCREENSHOT} is suspiciously small for a rendered page"
