@@ -139,7 +139,7 @@ def attention_reference(q, k, v, allowed):
     return out
 
 
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("backend", sorted(ATTENTION_BACKENDS))
 @pytest.mark.parametrize(("n_heads", "n_kv_heads", "q_len", "offset"), [(4, 4, 7, 0), (6, 2, 5, 3), (8, 1, 1, 9)])
 def test_attention_backends_match_reference(backend, n_heads, n_kv_heads, q_len, offset):
     torch.manual_seed(0)
@@ -151,7 +151,7 @@ def test_attention_backends_match_reference(backend, n_heads, n_kv_heads, q_len,
     torch.testing.assert_close(out.double(), attention_reference(q, k, v, allowed), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("backend", sorted(ATTENTION_BACKENDS))
 def test_attention_backends_honour_explicit_mask(backend):
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)

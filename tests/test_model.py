@@ -75,7 +75,7 @@ def test_loss_is_cross_entropy_over_non_ignored_targets(model):
 def test_attention_backends_give_the_same_logits(model):
     tokens = tokens_like(2, 16, seed=7)
     reference = model(tokens).logits
-    for backend in ("eager", "sdpa"):
+    for backend in ("eager", "sdpa", "memory_efficient"):
         model.set_attention_backend(backend)
         torch.testing.assert_close(model(tokens).logits, reference, rtol=1e-10, atol=1e-10)
     model.set_attention_backend(CONFIG.attention_backend)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llama_course.layers.efficient_attention import memory_efficient_backend
 from llama_course.layers.kv_cache import KVCache
 from llama_course.layers.rope import apply_rope_interleaved
 
@@ -83,7 +84,11 @@ def sdpa_attention(
     return out, None
 
 
-ATTENTION_BACKENDS: dict[str, AttentionBackend] = {"eager": eager_attention, "sdpa": sdpa_attention}
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "memory_efficient": memory_efficient_backend,  # Llama 1's xformers-style kernel, rebuilt in chapter 6
+}
 
 
 class Attention(nn.Module):
