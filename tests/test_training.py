@@ -210,3 +210,14 @@ def test_evaluation_is_the_token_weighted_loss_of_the_eval_blocks(tmp_path):
     logits = tiny_model().double()(rows["input_ids"], document_ids=rows["document_ids"]).logits
     expected = F.cross_entropy(logits.flatten(0, 1), rows["labels"].flatten(), ignore_index=IGNORE_INDEX)
     assert trainer.evaluate() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_checkpointing_leaves_training_unchanged(tmp_path, mode):
+    """Checkpointing only trades memory for recomputation: the losses of a short run are the same."""
+    plain_trainer, plain = train(tmp_path / "none", steps=3)
+    checkpointed_trainer, checkpointed = train(tmp_path / mode, steps=3, activation_checkpointing=mode)
+    assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-10)
+    for got, expected in zip(checkpointed_trainer.raw_model.parameters(), plain_trainer.raw_model.parameters(),
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)

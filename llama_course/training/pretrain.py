@@ -197,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto, cpu, cuda, mps")
     parser.add_argument("--parallelism", choices=["auto", "none", "ddp", "fsdp"], help="multi-process strategy")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
+    parser.add_argument("--activation-checkpointing", choices=["none", "selective", "selective-policy", "full"],
+                        help="recompute activations in backward (selective: Llama 1's hand-written backward)")
     parser.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key, e.g. --set trainer.warmup_steps=100 (repeatable)")
@@ -206,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 _FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
               "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
               "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
-              "compile": "trainer.compile", "seed": "trainer.seed"}
+              "compile": "trainer.compile", "seed": "trainer.seed",
+              "activation_checkpointing": "trainer.activation_checkpointing"}
 
 
 def _describe_keys() -> str:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from llama_course.layers.checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 from llama_course.model import IGNORE_INDEX
 from llama_course.training.batches import Batch, BlockSource, ShardedBatches, evaluation_batches
 from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -101,6 +102,8 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     dtype: str = "float32"  # parameter dtype: float32, or float64 for exactness tests
     autocast: str = "auto"  # auto (bf16 on CUDA only), bf16, off
+    activation_checkpointing: str = "none"  # none, selective (Llama 1's hand-written backward), selective-policy,
+    # or full: applied to the model's blocks before DDP / FSDP
     compile: bool = False  # torch.compile each transformer block
     parallelism: str = "auto"  # auto (ddp when launched by torchrun), none, ddp, fsdp
     progress: bool = True  # tqdm progress bar on the main process
@@ -119,6 +122,9 @@ class TrainerConfig:
             raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is unknown; choose one of {tuple(DTYPES)}")
+        if self.activation_checkpointing not in CHECKPOINT_MODES:
+            raise ValueError(f"activation_checkpointing={self.activation_checkpointing!r} is unknown; "
+                             f"choose one of {CHECKPOINT_MODES}")
         if self.autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast={self.autocast!r} is unknown; choose one of {AUTOCAST_MODES}")
         self.adamw()  # validates lr, betas, eps, weight decay
@@ -170,6 +176,8 @@ class Trainer:
         self.autocast = use_bf16 and self.parallelism != "fsdp"
 
         self.raw_model = model.to(device=self.context.device, dtype=DTYPES[config.dtype])
+        if config.activation_checkpointing != "none":
+            apply_activation_checkpointing(self.raw_model, config.activation_checkpointing)  # before sharding
         if config.compile:
             for block in transformer_blocks(self.raw_model):
                 block.compile()
