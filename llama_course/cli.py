@@ -19,6 +19,7 @@ def _presets(args: argparse.Namespace) -> None:
 # Subcommands implemented by a package module exposing `add_arguments(parser)` and `run(args)`.
 SUBCOMMAND_MODULES = [
     ("build-tokenizer", "llama_course.toyworld.build_tokenizer", "retrain the toy world's shipped tokenizer"),
+    ("convert", "llama_course.interop.convert", "convert a checkpoint between Meta's and Hugging Face's layouts"),
     ("grade", "llama_course.grading.cli", "grade an exercise notebook: run it, test its functions, print the score"),
     ("sync-notebooks", "llama_course.notebooks", "run chapters and write their paired .ipynb (checked outputs only)"),
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handlers[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"llama-course {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
