@@ -14,22 +14,22 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llama_course.config import ModelConfig
 from llama_course.layers.attention import Attention, causal_mask
+from llama_course.layers.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from llama_course.layers.kv_cache import KVCache
 from llama_course.layers.rmsnorm import RMSNorm
 from llama_course.layers.rope import rope_angles
 from llama_course.layers.swiglu import FeedForward
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "CausalLMOutput", "Llama", "TransformerBlock"]
 
 
 class CausalLMOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, vocab_size), float32 (float64 for a float64 model)
-    loss: torch.Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX, when targets are given
+    logits: torch.Tensor | None  # (B, T, vocab_size), float32 (float64 for a float64 model); None with targets
+    loss: torch.Tensor | None  # cross-entropy over targets != IGNORE_INDEX, when targets are given
 
 
 class TransformerBlock(nn.Module):
@@ -103,8 +103,9 @@ class Llama(nn.Module):
         attention_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         need_weights: bool = False,
+        loss_reduction: str = "mean",
     ) -> CausalLMOutput:
-        """Logits (and loss) for a batch of token ids (B, T).
+        """Logits, or with `targets` the loss, for a batch of token ids (B, T).
 
         positions: (B, T) RoPE positions; default `offset + arange(T)` (offset = cached tokens), or restarting
             at 0 in each document when `document_ids` is given.
@@ -112,7 +113,9 @@ class Llama(nn.Module):
         attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are never attended.
         document_ids: (B, T) ids of packed documents; tokens attend only within their own document.
         targets: (B, T) labels aligned with the logits (targets[t] is the token that should follow tokens[:t+1]);
-            IGNORE_INDEX (-100) marks positions without loss.
+            IGNORE_INDEX (-100) marks positions without loss. The loss ("mean" over kept targets, or "sum" with
+            `loss_reduction`) is then computed chunk by chunk with the output projection, never holding the
+            full (B, T, vocab) logits, and `logits` is None.
         need_weights: also return each layer's attention weights (eager backend), as `model.last_attention`.
         """
         if tokens.dim() != 2:
@@ -135,11 +138,12 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(T)
         self.last_attention = weights if need_weights else None
-        logits = self.output(self.norm(h)).to(compute_dtype)
-        loss = None
+        h = self.norm(h)
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return CausalLMOutput(logits, loss)
+            loss = linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten(),
+                                        reduction=loss_reduction)
+            return CausalLMOutput(None, loss)
+        return CausalLMOutput(self.output(h).to(compute_dtype), None)
 
     def _check_inputs(self, tokens, offset, targets, positions, attention_mask, document_ids, cache) -> None:
         B, T = tokens.shape

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -66,11 +65,12 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> LossSum:
     """Summed next-token cross-entropy over labels != IGNORE_INDEX (`labels` already aligned with positions).
 
     `document_ids`, when the batch has them, keep attention and RoPE positions inside each packed document.
+    The model computes the loss with its output projection, chunk by chunk (`linear_cross_entropy`), in
+    float32 even under bf16 autocast.
     """
     labels = batch["labels"]
-    logits = model(batch["input_ids"], document_ids=batch.get("document_ids")).logits  # (B, T, V)
-    # Llama returns float32 logits under bf16 (float64 for a float64 model), so the softmax is never in bf16.
-    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    total = model(batch["input_ids"], targets=labels, document_ids=batch.get("document_ids"),
+                  loss_reduction="sum").loss
     return LossSum(total, (labels != IGNORE_INDEX).sum())
 
 
