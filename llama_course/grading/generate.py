@@ -54,6 +54,7 @@ def student_notebook(solution: nbformat.NotebookNode, name: str = "the notebook"
     """The student version of a solution notebook: solutions stripped, paired as `ipynb,md:myst`, no outputs."""
     notebook = copy.deepcopy(solution)
     for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index}"  # stable ids: regenerating an unchanged exercise leaves its files unchanged
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source, f"{name}, cell {index + 1}")
             cell.outputs, cell.execution_count = [], None
