@@ -142,6 +142,8 @@ def attention_costs(
     Rows: {"backend", "seq_len", "saved_bytes", "saved_bytes_beyond_inputs", "seconds"}; the inputs are
     the q, k, v tensors (B, H, T, hd).
     """
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
     rows: list[dict[str, float | int | str]] = []
     generator = torch.Generator().manual_seed(0)
     for seq_len in seq_lens:
