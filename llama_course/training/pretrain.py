@@ -82,12 +82,14 @@ class PretrainConfig:
         return cls(
             output_dir=str(values.get("output_dir", cls.output_dir)),
             model=dict(values.get("model", {"preset": "tiny"})),
-            data=_build(DataConfig, values.get("data", {}), "data"),
-            trainer=_build(TrainerConfig, {"lr": 1e-3, "warmup_steps": 50} | values.get("trainer", {}), "trainer"),
+            data=build_section(DataConfig, values.get("data", {}), "data"),
+            trainer=build_section(TrainerConfig, {"lr": 1e-3, "warmup_steps": 50} | values.get("trainer", {}),
+                                  "trainer"),
         )
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """The config dataclass `cls` from one [section] of a config file, rejecting unknown keys by name."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

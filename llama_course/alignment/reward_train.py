@@ -1,0 +1,261 @@
+"""Training, measuring and shipping the reward models (Llama 2, section 3.2.2, "Training Details").
+
+The paper's recipe: one epoch ("training longer can lead to over-fitting"), the same AdamW settings as
+pretraining (0.9 / 0.95, eps 1e-5, weight decay 0.1, clipping 1.0), a cosine schedule down to 10% of the
+peak, warm-up over 3% of the steps with at least 5, and 512 pairs per batch. Scaled to the 1M-parameter
+model on a laptop (our choices): 16 pairs per step and a peak learning rate of 5e-4 (the paper's 1e-5 is
+1/30 of its pretraining peak; with one epoch of about a hundred steps our model would barely move).
+
+    llama-course train-rm --criterion helpfulness --margin-study --export llama_course/assets/rm_helpfulness
+    llama-course train-rm --criterion safety --export llama_course/assets/rm_safety
+
+train the two shipped RMs from the SFT model (the base model while no SFT model is shipped); the first also
+trains with no / small / large margin on the same data and writes `margins.json` for chapter 11.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from safetensors.torch import load_file, save_file
+
+from llama_course.alignment.reward import MARGINS, RewardModel, margin_table, preference_loss, score_responses
+from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
+from llama_course.config import ModelConfig
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+from llama_course.toyworld import STRENGTHS, generate_preferences, generate_safety_prompts, generate_tasks
+from llama_course.training.trainer import Trainer, TrainerConfig
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_RMS = {"helpfulness": ASSETS_DIR / "rm_helpfulness", "safety": ASSETS_DIR / "rm_safety"}
+MARGIN_STUDY_FILE = "margins.json"
+
+
+def default_base() -> str:
+    """"sft" when the SFT model is shipped (the paper's starting point), else "base"."""
+    return "sft" if (ASSETS_DIR / "sft" / "model.safetensors").is_file() else "base"
+
+
+@dataclass
+class RewardConfig:
+    criterion: str = "helpfulness"  # "helpfulness" or "safety": which annotator labels the pairs
+    margin: str = "small"  # Table 27: "none", "small" or "large"
+    base: str = "auto"  # "auto" (sft if shipped, else base), a shipped model name, a folder, or random-tiny
+    pairs: int = 1500  # toy-world pairs over the graded candidate answers (generate_preferences)
+    sampled_pairs: int = 300  # prompts whose two answers are sampled from the base model at two temperatures
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    held_out: int = 600  # held-out toy-world pairs (another seed) for accuracy by strength
+    noise_scale: float = 1.0  # annotator noise (0: perfect annotators)
+    max_tokens: int = 256
+    epochs: float = 1.0  # the paper trains one epoch
+    batch_size: int = 16  # pairs per optimizer step
+    lr: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    output_dir: str = "runs/rm"
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("helpfulness", "safety"):
+            raise ValueError(f"criterion={self.criterion!r} is unknown; choose 'helpfulness' or 'safety'")
+        margin_table(self.margin)
+        for name in ("pairs", "held_out", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.sampled_pairs < 0 or not self.epochs > 0:
+            raise ValueError(f"sampled_pairs={self.sampled_pairs} must be >= 0 and epochs={self.epochs} positive")
+
+    def resolved_base(self) -> str:
+        return default_base() if self.base == "auto" else self.base
+
+    def trainer_config(self, n_pairs: int) -> TrainerConfig:
+        """One epoch of `n_pairs` (times `epochs`); warm-up 3% of the steps, at least 5 (Llama 2, 3.2.2)."""
+        steps = max(1, math.ceil(self.epochs * n_pairs / self.batch_size))
+        return TrainerConfig(steps=steps, micro_batch_size=self.batch_size, lr=self.lr,
+                             warmup_steps=min(steps, max(5, math.ceil(0.03 * steps))), eval_every=0,
+                             eval_batches=0, checkpoint_every=0, keep_checkpoints=1, log_every=5, seed=self.seed,
+                             device=self.device, autocast="off", progress=False, resume=False)
+
+
+def _prompts(criterion: str, n: int, seed: int) -> list[str]:
+    """Prompts for sampled pairs: safety prompts for the safety RM; else tasks, plus safety prompts 1 in 5."""
+    if criterion == "safety":
+        return list(generate_safety_prompts(n, seed=seed)["prompt"])
+    n_safety = n // 5
+    tasks = list(generate_tasks(n - n_safety, seed=seed)["prompt"])
+    return tasks + (list(generate_safety_prompts(n_safety, seed=seed)["prompt"]) if n_safety else [])
+
+
+def build_preferences(config: RewardConfig, model: Llama, tokenizer: Tokenizer
+                      ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(training pairs, held-out pairs): toy-world pairs plus pairs sampled from `model` at two temperatures."""
+    columns = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
+    train = generate_preferences(config.pairs, seed=config.seed, criterion=config.criterion,
+                                 noise_scale=config.noise_scale).select_columns(columns)
+    if config.sampled_pairs:
+        sampled = sample_preference_pairs({config.resolved_base(): model}, tokenizer,
+                                          _prompts(config.criterion, config.sampled_pairs, config.seed + 500),
+                                          temperatures=config.temperatures, criterion=config.criterion,
+                                          seed=config.seed, noise_scale=config.noise_scale)
+        train = datasets.concatenate_datasets([train, sampled.select_columns(columns)])
+    held_out = generate_preferences(config.held_out, seed=config.seed + 1000, criterion=config.criterion,
+                                    noise_scale=config.noise_scale)
+    return train, held_out
+
+
+def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None
+                       ) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
+    """Train an RM from `config.base` with the margin ranking loss; returns it (eval, CPU), its tokenizer and
+    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs."""
+    from llama_course.alignment.sft import load_base_model
+
+    torch.manual_seed(config.seed)
+    backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
+    if data is None:
+        data = build_preferences(config, backbone, tokenizer)
+    train, held_out = data
+    model = RewardModel(backbone, tokenizer.eos_id)
+    trainer_config = config.trainer_config(len(train))
+    trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
+                      config.output_dir, loss_fn=preference_loss(config.margin),
+                      metadata={"model_config": backbone.config.to_dict(), "reward_config": dataclasses.asdict(config)})
+    result = trainer.fit()
+    model = trainer.raw_model.cpu().eval()
+    card = {"reward_config": dataclasses.asdict(config) | {"base": config.resolved_base()},
+            "training_pairs": len(train), "steps": trainer_config.steps, "warmup_steps": trainer_config.warmup_steps,
+            "final_loss": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
+            "held_out": evaluate_preferences(model, tokenizer, held_out)}
+    return model, tokenizer, card
+
+
+def evaluate_preferences(model: RewardModel, tokenizer: Tokenizer, rows: datasets.Dataset) -> dict[str, Any]:
+    """Held-out accuracy (the RM scores the annotator's chosen answer higher), overall and by strength
+    (Llama 2, Table 28), with each pair's raw scores for plots."""
+    chosen = score_responses(model, tokenizer, rows["prompt"], rows["chosen"])
+    rejected = score_responses(model, tokenizer, rows["prompt"], rows["rejected"])
+    correct = (chosen > rejected).tolist()
+    by_strength = {}
+    for strength in STRENGTHS:
+        picked = [ok for ok, s in zip(correct, rows["strength"], strict=True) if s == strength]
+        by_strength[strength] = {"accuracy": sum(picked) / len(picked) if picked else None, "pairs": len(picked)}
+    return {"accuracy": sum(correct) / len(correct), "by_strength": by_strength,
+            "score_chosen": [round(v, 4) for v in chosen.tolist()],
+            "score_rejected": [round(v, 4) for v in rejected.tolist()]}
+
+
+def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, Any]) -> None:
+    """Write `model.safetensors` (the backbone with its (1, dim) head) and `config.json` into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().float().contiguous() for name, tensor in model.backbone.state_dict().items()}
+    save_file(state, folder / "model.safetensors")
+    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "eos_id": model.eos_id, "card": card}
+    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, Tokenizer]:
+    """A shipped RM ("helpfulness" or "safety") or a folder written by `save_reward_model`, in eval mode."""
+    from llama_course.toyworld import toy_tokenizer
+
+    folder = SHIPPED_RMS.get(str(name), Path(name))
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no reward model at {str(folder)!r}; the shipped ones are {list(SHIPPED_RMS)}, "
+                                "trained by `llama-course train-rm --criterion C --export FOLDER`")
+    config = json.loads((folder / "config.json").read_text())
+    model = RewardModel(Llama(ModelConfig.from_dict(config["model_config"])), int(config["eos_id"]))
+    model.backbone.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    return model.eval(), toy_tokenizer()
+
+
+def reward_card(name: str | Path = "helpfulness") -> dict[str, Any]:
+    """The `card` of a shipped RM's config.json: its training config and held-out accuracy."""
+    folder = SHIPPED_RMS.get(str(name), Path(name))
+    return json.loads((folder / "config.json").read_text())["card"]
+
+
+def margin_study(config: RewardConfig, export: str | Path | None = None) -> dict[str, Any]:
+    """Train one RM per margin table on the same pairs and measure each (the Table 28 experiment).
+
+    Exports the RM of `config.margin` to `export` and writes `margins.json` beside it: per margin, the
+    held-out accuracy by strength and the held-out raw scores.
+    """
+    from llama_course.alignment.sft import load_base_model
+
+    backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
+    data = build_preferences(config, backbone, tokenizer)
+    study: dict[str, Any] = {"criterion": config.criterion, "base": config.resolved_base(), "margins": {}}
+    for margin in MARGINS:
+        run = dataclasses.replace(config, margin=margin, output_dir=f"{config.output_dir}-{margin}")
+        model, _, card = train_reward_model(run, data)
+        study["margins"][margin] = card["held_out"] | {"final_loss": card["final_loss"]}
+        if export is not None and margin == config.margin:
+            save_reward_model(model, export, {k: v for k, v in card.items() if k != "held_out"}
+                              | {"held_out": _summary(card["held_out"])})
+    if export is not None:
+        (Path(export) / MARGIN_STUDY_FILE).write_text(json.dumps(study) + "\n")
+    return study
+
+
+def _summary(held_out: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": held_out["accuracy"], "by_strength": held_out["by_strength"]}
+
+
+def load_margin_study(folder: str | Path = SHIPPED_RMS["helpfulness"]) -> dict[str, Any]:
+    """The margin study written by `llama-course train-rm --margin-study --export FOLDER`."""
+    path = Path(folder) / MARGIN_STUDY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MARGIN_STUDY_FILE} in {str(folder)!r}: run `llama-course train-rm "
+                                f"--criterion helpfulness --margin-study --export {folder}`")
+    return json.loads(path.read_text())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course train-rm` flags (defaults: `RewardConfig`)."""
+    defaults = RewardConfig()
+    parser.add_argument("--criterion", choices=["helpfulness", "safety"], default=defaults.criterion)
+    parser.add_argument("--margin", choices=list(MARGINS), default=defaults.margin, help="Table 27 margin")
+    parser.add_argument("--base", default=defaults.base, help="auto (sft if shipped, else base), a shipped model "
+                        "name, an exported folder, a training run, or random-tiny")
+    for name in ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the pairs (paper: 1)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
+    parser.add_argument("--output-dir", help="run directory (default runs/rm-CRITERION)")
+    parser.add_argument("--export", type=Path, metavar="FOLDER", help="write the trained RM into FOLDER")
+    parser.add_argument("--margin-study", action="store_true",
+                        help="train with every margin on the same pairs; write margins.json next to --export")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course train-rm`."""
+    config = RewardConfig(criterion=args.criterion, margin=args.margin, base=args.base, pairs=args.pairs,
+                          sampled_pairs=args.sampled_pairs, held_out=args.held_out, batch_size=args.batch_size,
+                          seed=args.seed, epochs=args.epochs, lr=args.lr, device=args.device,
+                          output_dir=args.output_dir or f"runs/rm-{args.criterion}")
+    if args.margin_study:
+        study = margin_study(config, args.export)
+        for margin, result in study["margins"].items():
+            accuracies = {s: r["accuracy"] for s, r in result["by_strength"].items()}
+            print(f"margin {margin}: held-out accuracy {result['accuracy']:.3f}, by strength {accuracies}")
+        return
+    model, _, card = train_reward_model(config)
+    if args.export is not None:
+        save_reward_model(model, args.export, card | {"held_out": _summary(card["held_out"])})
+    print(json.dumps({"base": config.resolved_base(), "steps": card["steps"], "final_loss": card["final_loss"],
+                      **_summary(card["held_out"])}, indent=1))
+
+
+if __name__ == "__main__":
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.alignment.reward_train",
+                                          description=__doc__.split("\n")[0])
+    add_arguments(main_parser)
+    run(main_parser.parse_args())

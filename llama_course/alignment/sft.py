@@ -1,0 +1,272 @@
+"""Supervised fine-tuning (Llama 2, section 3.1): from the pretrained base model to a first assistant.
+
+The paper's recipe: "a cosine learning rate schedule, with an initial learning rate of 2e-5, a weight decay of
+0.1, a batch size of 64, and a sequence length of 4096 tokens", 2 epochs, with the loss zeroed on the user
+prompt and the prompts and answers of the training set concatenated into full sequences. Scaled to the
+1M-parameter toy model on a laptop (our choices, the paper's where it states one):
+
+- cosine schedule to 10% of the peak (the trainer's), weight decay 0.1, 2 epochs, AdamW 0.9 / 0.95 (as in
+  pretraining), no warm-up (the paper names none for SFT);
+- peak learning rate 1e-3, a third of the base model's pretraining peak (3e-3): the paper's 2e-5 is about
+  1/15 of Llama 2's pretraining peak, which moves a 1M-parameter model too little in a hundred steps;
+- batch 16 blocks of 256 tokens (4,096 tokens per step; the paper's 64 x 4096 = 262,144 would be only a few
+  steps for our data), blocks packed from the conversations of `sft_data`, each isolated from the others.
+
+    llama-course sft --config llama_course/assets/sft/sft.toml --export llama_course/assets/sft --ablation
+
+trains the shipped SFT model, measures it, and writes the files the chapter plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from llama_course.alignment.sft_data import (
+    OVERLONG_POLICIES,
+    encode_conversations,
+    pack_sft,
+    sft_conversations,
+)
+from llama_course.config import PRESETS
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+from llama_course.training.pretrain import build_section
+from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_SFT_DIR = ASSETS_DIR / "sft"
+RESULTS_FILE = "results.json"
+RANDOM_BASE = "random-tiny"  # an untrained tiny model: for tests and for a run before the base model exists
+
+
+@dataclass
+class SFTDataConfig:
+    tasks: int = 3000  # single-turn instruction tasks
+    multi_turn: int = 500  # chats of 2 to 4 tasks, no system message
+    dialogues: int = 800  # dialogues under a system constraint
+    safety: int = 400  # unsafe and borderline requests with their reference answers
+    validation: int = 200  # held-out conversations (same mix, another seed) for the validation loss
+    seed: int = 0
+    task_families: list[str] | None = None  # None: every family of toyworld.tasks
+    block_size: int = 256  # tokens per packed block; longer conversations lose their last turns
+    document_masking: bool = True  # conversations in a block do not attend to each other; positions restart
+    answers_only: bool = True  # the paper's prompt-masked loss; False: loss on every token (the ablation)
+    overlong: str = "truncate"  # "truncate" (drop whole turns from the end) or "error"
+
+    def __post_init__(self) -> None:
+        if self.block_size < 8:
+            raise ValueError(f"data.block_size={self.block_size} is too small for a chat turn; use >= 64")
+        if self.overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"data.overlong={self.overlong!r} is unknown; choose one of {OVERLONG_POLICIES}")
+        if self.tasks + self.multi_turn + self.dialogues + self.safety < 1:
+            raise ValueError("the SFT mix is empty: set data.tasks, multi_turn, dialogues or safety above 0")
+
+
+def _default_trainer() -> TrainerConfig:
+    return TrainerConfig(lr=1e-3, micro_batch_size=16, warmup_steps=0, steps=1, eval_every=0, eval_batches=8,
+                         checkpoint_every=0, keep_checkpoints=1, log_every=5)
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = "runs/sft-tiny"
+    base: str = "base"  # a shipped model name, an exported folder, a training run, or "random-tiny"
+    epochs: float = 2.0  # passes over the packed blocks; decides trainer.steps
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    trainer: TrainerConfig = field(default_factory=_default_trainer)  # `steps` is derived from `epochs`
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be positive")
+
+    def steps_for(self, n_blocks: int) -> int:
+        """Optimizer steps of `epochs` passes over `n_blocks` blocks with the configured global batch."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        global_batch = self.trainer.micro_batch_size * self.trainer.grad_accum_steps * world_size
+        return max(1, math.ceil(self.epochs * n_blocks / global_batch))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["trainer"].pop("steps")
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SFTConfig:
+        unknown = sorted(set(values) - {"output_dir", "base", "epochs", "data", "trainer"})
+        if unknown:
+            raise ValueError(f"unknown SFT config keys {unknown}; the keys are output_dir, base, epochs, [data], "
+                             "[trainer]")
+        trainer_values = dict(values.get("trainer", {}))
+        if "steps" in trainer_values:
+            raise ValueError("trainer.steps is derived from epochs in SFT: set epochs instead (e.g. epochs = 0.5)")
+        defaults = dataclasses.asdict(_default_trainer())
+        return cls(
+            output_dir=str(values.get("output_dir", cls.output_dir)),
+            base=str(values.get("base", cls.base)),
+            epochs=float(values.get("epochs", cls.epochs)),
+            data=build_section(SFTDataConfig, values.get("data", {}), "data"),
+            trainer=build_section(TrainerConfig, defaults | trainer_values, "trainer"),
+        )
+
+
+def load_sft_config(path: str | Path | None = None) -> SFTConfig:
+    """The SFT config of a TOML file (every key optional), or the defaults."""
+    if path is None:
+        return SFTConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no SFT config file at {str(path)!r}")
+    return SFTConfig.from_dict(tomllib.loads(path.read_text()))
+
+
+def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer]:
+    """The model SFT starts from, on the CPU, and its tokenizer.
+
+    `base` is the name of a folder under `llama_course/assets/` (e.g. "base"), the path of an exported folder
+    (`config.json` + `model.safetensors`), a training run or checkpoint directory, or "random-tiny" (the tiny
+    preset, seeded with 0, untrained).
+    """
+    from llama_course.pretrained import load_pretrained_folder
+    from llama_course.toyworld import toy_tokenizer
+
+    if base == RANDOM_BASE:
+        torch.manual_seed(0)
+        tokenizer = toy_tokenizer()
+        config = dataclasses.replace(PRESETS["tiny"], vocab_size=tokenizer.vocab_size,
+                                     max_seq_len=max(PRESETS["tiny"].max_seq_len, max_seq_len))
+        return Llama(config), tokenizer
+    folder = ASSETS_DIR / base if "/" not in base and (ASSETS_DIR / base).is_dir() else Path(base)
+    if (folder / "config.json").is_file():
+        return load_pretrained_folder(folder)
+    if folder.is_dir():
+        from llama_course.training.pretrain import load_trained_model
+
+        return load_trained_model(folder), toy_tokenizer()
+    shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
+    raise FileNotFoundError(f"base={base!r} is neither a shipped model ({shipped}), an exported folder, a training "
+                            f"run, nor {RANDOM_BASE!r}; the base model ships once `llama-course pretrain` has run")
+
+
+def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer):
+    """Packed training blocks and answer-masked validation blocks (`datasets.Dataset`s), from the toy world."""
+    counts = (config.tasks, config.multi_turn, config.dialogues, config.safety)
+    train = sft_conversations(*counts, seed=config.seed, task_families=config.task_families)
+    share = config.validation / max(1, config.tasks + config.multi_turn + config.dialogues + config.safety)
+    held_out = sft_conversations(*(math.ceil(share * n) for n in counts), seed=config.seed + 1000,
+                                 task_families=config.task_families)
+    encode = {"max_tokens": config.block_size, "overlong": config.overlong}
+    train_blocks = pack_sft(encode_conversations(tokenizer, train, answers_only=config.answers_only, **encode),
+                            config.block_size)
+    # The validation loss is always on answer tokens, so both sides of the ablation are measured alike.
+    validation_blocks = pack_sft(encode_conversations(tokenizer, held_out, **encode), config.block_size)
+    return train, train_blocks, validation_blocks
+
+
+def run_sft(config: SFTConfig) -> tuple[TrainingResult, Llama, Tokenizer]:
+    """Fine-tune `config.base` on the toy world's SFT mix; returns the result, the trained model and tokenizer.
+
+    Resumes from `output_dir` when it holds a checkpoint. The model is returned in eval mode on the CPU.
+    """
+    model, tokenizer = load_base_model(config.base, config.data.block_size)
+    if model.config.max_seq_len < config.data.block_size:
+        raise ValueError(f"data.block_size={config.data.block_size} exceeds the base model's context of "
+                         f"{model.config.max_seq_len} tokens")
+    _, train_blocks, validation_blocks = build_sft_blocks(config.data, tokenizer)
+    trainer_config = dataclasses.replace(config.trainer, steps=config.steps_for(len(train_blocks)))
+    columns = ["input_ids", "labels"] + (["document_ids"] if config.data.document_masking else [])
+    trainer = Trainer(model, train_blocks, trainer_config, config.output_dir, eval_data=validation_blocks,
+                      columns=columns, metadata={"model_config": model.config.to_dict(), "sft_config": config.to_dict(),
+                                                 "tokenizer": str(tokenizer.model_path)})
+    if trainer.context.is_main:
+        print(f"SFT from {config.base!r}: {len(train_blocks):,} blocks of {config.data.block_size} tokens, "
+              f"{config.epochs} epochs = {trainer_config.steps} steps of {config.trainer.micro_batch_size} blocks, "
+              f"peak lr {config.trainer.lr}, answers_only={config.data.answers_only}, "
+              f"document_masking={config.data.document_masking}")
+    result = trainer.fit()
+    return result, trainer.raw_model.cpu().eval(), tokenizer
+
+
+def export_model(model: Llama, destination: str | Path, card: dict[str, Any]) -> None:
+    """Write `model.safetensors` and `config.json` in the layout of `llama_course.pretrained` (toy tokenizer)."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, destination / "model.safetensors")
+    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "card": card}
+    (destination / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def load_sft_results(folder: str | Path = SHIPPED_SFT_DIR) -> dict[str, Any]:
+    """The measurements written by `llama-course sft --export FOLDER --ablation` (the chapter plots them)."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {RESULTS_FILE} in {str(folder)!r}: run `llama-course sft --config "
+                                f"llama_course/assets/sft/sft.toml --export {folder} --ablation`")
+    return json.loads(path.read_text())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course sft` flags (they override the config file)."""
+    parser.add_argument("--config", type=Path, help="a TOML file: output_dir, base, epochs, [data], [trainer]")
+    parser.add_argument("--output-dir", help="run directory: checkpoints and metrics.jsonl")
+    parser.add_argument("--base", help=f"shipped model name, exported folder, run directory, or {RANDOM_BASE}")
+    parser.add_argument("--epochs", type=float, help="passes over the packed SFT blocks (paper: 2)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (cosine to 10%%)")
+    parser.add_argument("--batch-size", type=int, help="blocks per micro-batch")
+    parser.add_argument("--block-size", type=int, help="tokens per packed block")
+    parser.add_argument("--all-tokens", action="store_true", help="loss on every token (the ablation)")
+    parser.add_argument("--no-document-masking", action="store_true",
+                        help="let packed conversations attend to each other (positions not reset)")
+    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument("--seed", type=int, help="data order seed")
+    parser.add_argument("--export", type=Path, metavar="FOLDER",
+                        help="after training, measure helpfulness and write the model folder (weights, config.json)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="with --export: also train with the loss on all tokens and write results.json")
+    parser.add_argument("--eval-tasks", type=int, default=300, help="held-out tasks for the helpfulness measure")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> SFTConfig:
+    values = json.loads(json.dumps(load_sft_config(args.config).to_dict()))
+    for flag, (section, key) in {"output_dir": (None, "output_dir"), "base": (None, "base"),
+                                 "epochs": (None, "epochs"), "lr": ("trainer", "lr"),
+                                 "batch_size": ("trainer", "micro_batch_size"), "block_size": ("data", "block_size"),
+                                 "device": ("trainer", "device"), "seed": ("trainer", "seed")}.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            (values[section] if section else values)[key] = value
+    if args.all_tokens:
+        values["data"]["answers_only"] = False
+    if args.no_document_masking:
+        values["data"]["document_masking"] = False
+    return SFTConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course sft`: train, then optionally measure and export (see the module docstring)."""
+    config = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    if args.ablation and args.export is None:
+        raise ValueError("--ablation writes its results next to the exported model: add --export FOLDER")
+    if args.export is None:
+        result, _, _ = run_sft(config)
+        print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")
+        return
+    from llama_course.alignment.sft_report import measure_and_export
+
+    summary = measure_and_export(config, args.export, eval_tasks=args.eval_tasks, ablation=args.ablation)
+    print(json.dumps(summary, indent=1))

@@ -1,0 +1,84 @@
+"""Measuring an assistant: held-out helpfulness by task family, with the toy world's exact checker.
+
+Llama 2 judges its SFT model by human evaluation (section 3.4); the toy world can do better on a laptop:
+every task has a programmatic grader, so `helpfulness_by_family` answers held-out prompts with the model
+(greedy decoding, the Llama 2-Chat prompt format) and averages `toyworld.helpfulness` per task family.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import torch
+
+from llama_course.chat import encode_dialog
+from llama_course.generation import generate
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class AnsweredPrompt:
+    prompt: str
+    family: str
+    response: str
+    helpfulness: float
+
+
+def answer_prompts(
+    model: Llama,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+) -> list[str]:
+    """The model's greedy answer to each single-turn prompt, asked in the Llama 2-Chat format."""
+    answers: list[str] = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        dialogs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+                   for p in chunk]
+        encoded = [encode_dialog(tokenizer, dialog).ids for dialog in dialogs]
+        longest = max(len(ids) for ids in encoded)
+        budget = min(max_new_tokens, model.config.max_seq_len - longest)
+        if budget < 1:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room to answer in the context of "
+                             f"{model.config.max_seq_len} tokens")
+        with torch.no_grad():
+            outputs = generate(model, encoded, budget, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        answers += [tokenizer.decode(ids).strip() for ids in outputs]
+    return answers
+
+
+def held_out_tasks(
+    n: int, seed: int, exclude: Iterable[str] = (), families: Sequence[str] | None = None
+) -> datasets.Dataset:
+    """`n` toy-world tasks (of `families`, or all) drawn with `seed`, less any prompt in `exclude` (e.g. the
+    training prompts): the result may have fewer than `n` rows."""
+    from llama_course.toyworld import generate_tasks
+
+    excluded = set(exclude)
+    tasks = generate_tasks(n, seed=seed, families=families)
+    return tasks.filter(lambda row: row["prompt"] not in excluded)
+
+
+def helpfulness_by_family(
+    model: Llama, tokenizer: Tokenizer, tasks: datasets.Dataset, *, max_new_tokens: int = 48
+) -> tuple[dict[str, float], list[AnsweredPrompt]]:
+    """Mean true helpfulness per task family (and "all"), and every answered prompt, on `tasks`."""
+    from llama_course.toyworld import helpfulness
+
+    answers = answer_prompts(model, tokenizer, list(tasks["prompt"]), max_new_tokens=max_new_tokens)
+    answered = [AnsweredPrompt(prompt, family, answer, helpfulness(prompt, answer))
+                for prompt, family, answer in zip(tasks["prompt"], tasks["category"], answers, strict=True)]
+    scores: dict[str, list[float]] = defaultdict(list)
+    for item in answered:
+        scores[item.family].append(item.helpfulness)
+        scores["all"].append(item.helpfulness)
+    return {family: sum(values) / len(values) for family, values in sorted(scores.items())}, answered

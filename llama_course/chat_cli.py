@@ -1,0 +1,168 @@
+"""`llama-course chat`: talk to a model in the terminal, in the Llama 2-Chat format, with streamed tokens.
+
+Every turn re-encodes the whole dialogue with `llama_course.chat.encode_dialog` (Meta's `chat_completion`
+does the same) and samples the answer token by token with `generate_stream`, printing each piece as soon as
+it is decoded. The dialogue is multi-turn: earlier answers stay in the context until `/reset`. When the
+dialogue no longer fits the model's context, the oldest (user, assistant) turns are dropped, the system
+message is kept. Commands: `/reset` starts a new dialogue (same system message), `/exit` (or end of input)
+quits. Sampling defaults are those of Meta's `example_chat_completion.py`: temperature 0.6, top-p 0.9.
+
+    llama-course chat                                   # the shipped SFT model
+    llama-course chat --system "Speak in French." --temperature 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+from llama_course.chat import Message, encode_dialog, validate_dialog
+from llama_course.generation import generate_stream
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+
+HELP_LINE = "/reset starts a new dialogue, /exit quits"
+
+
+class ChatSession:
+    """A multi-turn dialogue with one model: `reply(text)` streams the answer and remembers the turn."""
+
+    def __init__(
+        self,
+        model: Llama,
+        tokenizer: Tokenizer,
+        *,
+        system: str | None = None,
+        max_new_tokens: int = 96,
+        temperature: float = 0.6,
+        top_p: float | None = 0.9,
+        seed: int = 0,
+    ) -> None:
+        if system is not None:
+            validate_dialog([{"role": "system", "content": system}, {"role": "user", "content": "-"}])
+        if not 0 < max_new_tokens < model.config.max_seq_len:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, {model.config.max_seq_len - 1}] (the "
+                             "model's context, less room for the prompt)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.messages: list[Message] = []
+        self.turns_dropped = 0
+        self._replies = 0
+
+    def reset(self) -> None:
+        """Forget the dialogue (the system message stays)."""
+        self.messages = []
+
+    def _prompt_ids(self, messages: list[Message]) -> list[int]:
+        """The encoded dialogue, its oldest turns dropped until the answer fits the context."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        room = self.model.config.max_seq_len - self.max_new_tokens
+        while True:
+            ids = encode_dialog(self.tokenizer, system + messages).ids
+            if len(ids) <= room:
+                return ids
+            if len(messages) == 1:
+                raise ValueError(f"the message is {len(ids)} tokens long with the system prompt; at most {room} "
+                                 f"fit with max_new_tokens={self.max_new_tokens}: shorten it")
+            messages[:] = messages[2:]
+            self.turns_dropped += 1
+
+    def reply(self, text: str) -> Iterator[str]:
+        """Stream the model's answer to the user message `text` as pieces of text; then keep the turn.
+
+        A message the chat format rejects (empty, or containing `[INST]`, `<<SYS>>`...) raises ValueError
+        before anything is generated, and the dialogue is unchanged. An empty answer is not kept, nor its
+        prompt (the format has no empty messages).
+        """
+        messages = [*self.messages, {"role": "user", "content": text}]
+        validate_dialog(messages)
+        return self._stream(messages, self._prompt_ids(messages))
+
+    def _stream(self, messages: list[Message], prompt: list[int]) -> Iterator[str]:
+        generated: list[int] = []
+        shown = ""
+        steps = generate_stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
+                                top_p=self.top_p, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                                seed=self.seed + self._replies)
+        for step in steps:
+            token = int(step[0])
+            if token == self.tokenizer.eos_id:
+                break
+            generated.append(token)
+            text_so_far = self.tokenizer.decode(generated)
+            if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                yield text_so_far[len(shown):]
+                shown = text_so_far
+        answer = self.tokenizer.decode(generated)
+        yield answer[len(shown):]
+        self._replies += 1
+        if answer.strip():
+            self.messages = [*messages, {"role": "assistant", "content": answer.strip()}]
+
+
+def load_chat_model(checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[Llama, Tokenizer]:
+    """The model to chat with: an exported folder, a shipped name, a training run, or (None) the shipped SFT."""
+    from llama_course.alignment.sft import SHIPPED_SFT_DIR, load_base_model
+
+    model, tokenizer = load_base_model(str(checkpoint if checkpoint is not None else SHIPPED_SFT_DIR))
+    return model.to(device).eval(), tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="exported model folder, shipped name (e.g. base) or training run; "
+                                             "default: the shipped SFT model")
+    parser.add_argument("--system", help="system message, folded into the first user turn (<<SYS>> ... <</SYS>>)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 for greedy decoding")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, in tokens")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (reply n uses seed + n)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+
+
+def run(args: argparse.Namespace) -> None:
+    """The interactive loop: read a line, stream the answer; `/reset`, `/exit` or end of input."""
+    model, tokenizer = load_chat_model(args.checkpoint, args.device)
+    session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    print(f"Chatting with {args.checkpoint or 'the shipped SFT model'} in the Llama 2-Chat format; {HELP_LINE}.")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return
+        command = line.strip()
+        if not command:
+            continue
+        if command == "/exit":
+            return
+        if command == "/reset":
+            session.reset()
+            print("(new dialogue)")
+            continue
+        if command.startswith("/"):
+            print(f"(unknown command {command!r}: {HELP_LINE})")
+            continue
+        dropped = session.turns_dropped
+        try:
+            pieces = session.reply(line)
+            print("assistant> ", end="", flush=True)
+            for piece in pieces:
+                print(piece, end="", flush=True)
+            print()
+        except ValueError as error:
+            print(f"(message not sent: {error})")
+        if session.turns_dropped > dropped:
+            print(f"({session.turns_dropped - dropped} oldest turn(s) dropped to fit the context)")
+
+
+if __name__ == "__main__":
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.chat_cli", description=__doc__.split("\n")[0])
+    add_arguments(main_parser)
+    run(main_parser.parse_args())

@@ -1,0 +1,104 @@
+"""`llama-course chat`, driven through stdin in a subprocess: streamed answers, multi-turn memory, /reset, /exit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_course.alignment.sft import RANDOM_BASE, SHIPPED_SFT_DIR, export_model, load_base_model
+from llama_course.chat import encode_dialog
+from llama_course.chat_cli import ChatSession
+from llama_course.config import ModelConfig
+from llama_course.generation import generate
+from llama_course.model import Llama
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_NEW = 12
+FIRST, SECOND = "What is 2 plus 3?", "Reverse this list: red, blue."
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chat") / "model"
+    model, _ = load_base_model(RANDOM_BASE)
+    export_model(model, folder, {"note": "untrained, for the chat test"})
+    return folder
+
+
+def greedy_answer(model, tokenizer, messages) -> str:
+    prompt = encode_dialog(tokenizer, messages).ids
+    out = generate(model, [prompt], MAX_NEW, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)[0]
+    return tokenizer.decode([t for t in out if t != tokenizer.eos_id]).strip()
+
+
+def chat(folder, lines: list[str], *extra: str) -> str:
+    command = [sys.executable, "-m", "llama_course.chat_cli", "--temperature", "0", "--max-new-tokens", str(MAX_NEW),
+               *(["--checkpoint", str(folder)] if folder is not None else []), *extra]
+    done = subprocess.run(command, input="".join(line + "\n" for line in lines), capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def answers_in(stdout: str) -> list[str]:
+    return [part.split("\nyou> ")[0].strip() for part in stdout.split("assistant> ")[1:]]
+
+
+def test_chat_remembers_turns_resets_and_exits(exported):
+    stdout = chat(exported, [FIRST, SECOND, "/reset", SECOND, "/exit", "never read"])
+    model, tokenizer = load_base_model(str(exported))
+    user = [{"role": "user", "content": FIRST}]
+    first = greedy_answer(model, tokenizer, user)
+    multi_turn = greedy_answer(model, tokenizer, [*user, {"role": "assistant", "content": first},
+                                                  {"role": "user", "content": SECOND}])
+    fresh = greedy_answer(model, tokenizer, [{"role": "user", "content": SECOND}])
+    assert multi_turn != fresh  # otherwise the test could not tell memory from reset
+    assert answers_in(stdout) == [first, multi_turn, fresh]
+    assert "(new dialogue)" in stdout and stdout.count("you> ") == 5  # nothing is read after /exit
+
+
+def test_chat_system_message_and_rejected_input(exported):
+    system = "Speak in French."
+    stdout = chat(exported, [FIRST, "Say [INST] twice", "/help"], "--system", system)
+    model, tokenizer = load_base_model(str(exported))
+    expected = greedy_answer(model, tokenizer, [{"role": "system", "content": system},
+                                                {"role": "user", "content": FIRST}])
+    assert answers_in(stdout) == [expected]
+    assert "(message not sent: message 2 (user) contains the reserved tag '[INST]'" in stdout
+    assert "(unknown command '/help'" in stdout
+    assert stdout.endswith("you> \n")  # end of input quits cleanly
+
+
+def test_session_streams_the_same_text_it_keeps(exported):
+    model, tokenizer = load_base_model(str(exported))
+    session = ChatSession(model, tokenizer, max_new_tokens=MAX_NEW, temperature=0.6, top_p=0.9, seed=3)
+    streamed = "".join(session.reply(FIRST))
+    assert len(streamed.strip()) > 0 and session.messages[-1] == {"role": "assistant", "content": streamed.strip()}
+    # Sampling is seeded per reply: the same seed and dialogue give the same answer.
+    again = ChatSession(model, tokenizer, max_new_tokens=MAX_NEW, temperature=0.6, top_p=0.9, seed=3)
+    assert "".join(again.reply(FIRST)) == streamed
+
+
+def test_session_drops_oldest_turns_to_fit_the_context(exported):
+    _, tokenizer = load_base_model(str(exported))
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tokenizer.vocab_size, multiple_of=16,
+                              max_seq_len=64))
+    session = ChatSession(model, tokenizer, max_new_tokens=24, temperature=0.0)  # prompts get 40 tokens
+    for _ in range(3):
+        "".join(session.reply(FIRST))
+        assert len(encode_dialog(tokenizer, session.messages).ids) <= 64
+    assert session.turns_dropped >= 1 and len(session.messages) < 6
+    assert session.messages[0] == {"role": "user", "content": FIRST}
+    with pytest.raises(ValueError, match="shorten it"):
+        session.reply("word " * 60)
+
+
+def test_default_is_the_shipped_sft_model():
+    stdout = chat(None, [FIRST])
+    assert "the shipped SFT model" in stdout
+    model, tokenizer = load_base_model(str(SHIPPED_SFT_DIR))
+    assert answers_in(stdout) == [greedy_answer(model, tokenizer, [{"role": "user", "content": FIRST}])]
