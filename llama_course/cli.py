@@ -23,6 +23,8 @@ SUBCOMMAND_MODULES = [
     ("grade", "llama_course.grading.cli", "grade an exercise notebook: run it, test its functions, print the score"),
     ("sync-notebooks", "llama_course.notebooks", "run chapters and write their paired .ipynb (checked outputs only)"),
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
+    ("pretrained", "llama_course.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
+    ("scaling", "llama_course.scaling", "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
     ("sft", "llama_course.alignment.sft", "supervised fine-tuning of the base model on toy-world conversations"),
     ("chat", "llama_course.chat_cli", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),
 ]
