@@ -34,17 +34,21 @@ from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-SHIPPED = ("base",)  # later: the SFT and reward models
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+def shipped_models() -> list[str]:
+    """Names of the models shipped in `llama_course/assets/` (each a folder with a config.json and weights)."""
+    return sorted(folder.name for folder in ASSETS_DIR.iterdir()
+                  if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file())
+
+
 def pretrained_dir(name: str) -> Path:
-    """The folder of shipped model `name`; a clear error when it is not shipped."""
-    folder = ASSETS_DIR / name
-    if name not in SHIPPED or not (folder / CONFIG_FILE).is_file():
-        raise ValueError(f"no shipped model named {name!r}; the package ships {list(SHIPPED)}")
-    return folder
+    """The folder of shipped model `name` ("base", "sft", ...); a clear error when it is not shipped."""
+    if name not in shipped_models():
+        raise ValueError(f"no shipped model named {name!r}; the package ships {shipped_models()}")
+    return ASSETS_DIR / name
 
 
 def pretrained_card(name: str = "base") -> dict[str, Any]:
