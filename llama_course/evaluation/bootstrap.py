@@ -1,0 +1,68 @@
+"""Rates with bootstrap confidence intervals: win / tie / loss, and safety violations.
+
+Llama 2 reports its human evaluation as win / tie / loss rates with 95% confidence intervals (Fig. 1, Fig. 12;
+section 3.4.2) without saying how the intervals were made. The course uses the percentile bootstrap over
+PROMPTS: resample the n judged prompts with replacement, recompute each rate, and take the
+(1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled rates. Prompts, not single ratings,
+are resampled because the three ratings of one prompt are not independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llama_course.evaluation.ratings import OUTCOME_NAMES
+
+
+@dataclass(frozen=True)
+class RateInterval:
+    rate: float  # the observed rate
+    low: float  # bounds of the percentile bootstrap interval
+    high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rate": self.rate, "low": self.low, "high": self.high}
+
+
+def bootstrap_rates(
+    labels: np.ndarray | Sequence,
+    values: Sequence,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[object, RateInterval]:
+    """For each of `values`, the share of `labels` equal to it, with a percentile bootstrap interval.
+
+    `labels` holds one label per prompt (n,); every label must be one of `values`.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"labels has shape {array.shape}; expected a non-empty 1-d array, one label per prompt")
+    unknown = set(np.unique(array).tolist()) - set(values)
+    if unknown:
+        raise ValueError(f"labels hold {sorted(unknown, key=str)}, not among the values {list(values)}")
+    if resamples < 100:
+        raise ValueError(f"resamples={resamples!r} is too few for a percentile interval; use at least 100")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r} must be in (0, 1), e.g. 0.95")
+    rng = np.random.default_rng(seed)
+    resampled = array[rng.integers(0, array.size, size=(resamples, array.size))]  # (resamples, n)
+    tail = (1 - confidence) / 2
+    intervals = {}
+    for value in values:
+        rates = (resampled == value).mean(axis=1)
+        low, high = np.quantile(rates, [tail, 1 - tail])
+        intervals[value] = RateInterval(float((array == value).mean()), float(low), float(high))
+    return intervals
+
+
+def win_tie_loss(
+    outcomes: np.ndarray | Sequence, *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, RateInterval]:
+    """Win, tie and loss rates of model A, with bootstrap intervals, from one outcome (1, 0, -1) per prompt."""
+    intervals = bootstrap_rates(outcomes, list(OUTCOME_NAMES), resamples=resamples, confidence=confidence, seed=seed)
+    return {OUTCOME_NAMES[value]: interval for value, interval in intervals.items()}
