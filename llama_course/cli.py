@@ -26,6 +26,8 @@ SUBCOMMAND_MODULES = [
     ("pretrained", "llama_course.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
     ("scaling", "llama_course.scaling", "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
     ("sft", "llama_course.alignment.sft", "supervised fine-tuning of the base model on toy-world conversations"),
+    ("train-rm", "llama_course.alignment.reward_train",
+     "train a helpfulness or safety reward model with the margin ranking loss (--margin-study: no/small/large)"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
     ("chat", "llama_course.chat_cli", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),

@@ -38,10 +38,14 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+REWARD_MODEL_PREFIX = "rm_"  # assets/rm_* hold reward models: `alignment.reward_train.load_reward_model` loads them
+
+
 def shipped_models() -> list[str]:
-    """Names of the models shipped in `llama_course/assets/` (each a folder with a config.json and weights)."""
+    """Names of the language models shipped in `llama_course/assets/` (folders with a config.json and weights)."""
     return sorted(folder.name for folder in ASSETS_DIR.iterdir()
-                  if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file())
+                  if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+                  and not folder.name.startswith(REWARD_MODEL_PREFIX))
 
 
 def pretrained_dir(name: str) -> Path:

@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_course.alignment.reward_data import encode_response, pad_right
+from llama_course.config import ModelConfig
 from llama_course.generation import positions_from_mask
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import STRENGTHS
 from llama_course.toyworld.rewards import SAFETY_THRESHOLD
-from llama_course.training.trainer import LossSum
+from llama_course.training.trainer import LossFunction, LossSum
 
 # Llama 2, Table 27: the margin m(r) for each preference strength, in the order of `STRENGTHS`
 # (significantly better, better, slightly better, negligibly better / unsure).
@@ -69,7 +70,7 @@ class RewardModel(nn.Module):
     """A Llama whose next-token head is replaced by a scalar regression head; scores one sequence each.
 
     `backbone` is a `Llama` whose weights initialise the RM (the SFT or base model); its `output` projection
-    is replaced by `nn.Linear(dim, 1, bias=False)` initialised to zero, so an untrained RM scores every
+    is replaced, in place, by `nn.Linear(dim, 1, bias=False)` initialised to zero, so an untrained RM scores every
     response 0 (0.5 after the sigmoid). A bias would cancel in every difference r_c - r_r, so it could not
     be learned from pairs. `eos_id` is the token the score is read at.
     """
@@ -84,7 +85,7 @@ class RewardModel(nn.Module):
         self.eos_id = eos_id
 
     @property
-    def config(self):
+    def config(self) -> ModelConfig:
         return self.backbone.config
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -145,14 +146,15 @@ def pairwise_scores(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tupl
     return scores.chunk(2)
 
 
-def preference_loss(margin: str):
+def preference_loss(margin: str) -> LossFunction:
     """A trainer loss function `loss_fn(model, batch) -> LossSum` of the margin ranking loss over pairs."""
     margin_table(margin)
 
     def loss_fn(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> LossSum:
         r_chosen, r_rejected = pairwise_scores(model, batch)
-        margins = margins_for(batch["strength"], margin).to(r_chosen.dtype)
-        losses = margin_ranking_loss(r_chosen.float(), r_rejected.float(), margins.float())
+        dtype = torch.promote_types(r_chosen.dtype, torch.float32)  # the loss in float32 even under bf16
+        margins = margins_for(batch["strength"], margin).to(dtype)
+        losses = margin_ranking_loss(r_chosen.to(dtype), r_rejected.to(dtype), margins)
         return LossSum(losses.sum(), torch.tensor(losses.numel()))
 
     return loss_fn

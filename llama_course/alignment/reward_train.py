@@ -235,12 +235,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train with every margin on the same pairs; write margins.json next to --export")
 
 
+def config_from_args(args: argparse.Namespace) -> RewardConfig:
+    """The `RewardConfig` of parsed `llama-course train-rm` flags."""
+    return RewardConfig(criterion=args.criterion, margin=args.margin, base=args.base, pairs=args.pairs,
+                        sampled_pairs=args.sampled_pairs, held_out=args.held_out, batch_size=args.batch_size,
+                        seed=args.seed, epochs=args.epochs, lr=args.lr, device=args.device,
+                        output_dir=args.output_dir or f"runs/rm-{args.criterion}")
+
+
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course train-rm`."""
-    config = RewardConfig(criterion=args.criterion, margin=args.margin, base=args.base, pairs=args.pairs,
-                          sampled_pairs=args.sampled_pairs, held_out=args.held_out, batch_size=args.batch_size,
-                          seed=args.seed, epochs=args.epochs, lr=args.lr, device=args.device,
-                          output_dir=args.output_dir or f"runs/rm-{args.criterion}")
+    config = config_from_args(args)
     if args.margin_study:
         study = margin_study(config, args.export)
         for margin, result in study["margins"].items():
