@@ -1,0 +1,158 @@
+"""`llama-course rejection-sample`: run rejection sampling fine-tuning and measure what chapter 12 plots.
+
+    llama-course rejection-sample --iterations 2 --prompts 128 --samples 8
+    llama-course rejection-sample --figures llama_course/assets/rejection_results.json
+
+The first runs the loop of `rejection.rejection_sampling` from the shipped SFT model with the shipped
+helpfulness RM and prints held-out RM and true reward per iteration. The second also measures, for the
+chapter, Figure 7 (max and median among N of K sampled answers), Figure 8 (max reward against N for several
+temperatures, before and after one round), the best-of-N KL beside its bound, and the distillation variant,
+and writes them all to one JSON file (results only: no checkpoint is written into the package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llama_course.alignment.rejection import (
+    RejectionConfig,
+    Scorer,
+    best_of_n,
+    best_of_n_kl,
+    best_of_n_kl_bound,
+    expected_order_statistic,
+    max_and_median_curves,
+    rejection_sampling,
+    reward_model_scorer,
+    true_reward,
+)
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_RESULTS = ASSETS_DIR / "rejection_results.json"
+
+
+def load_rejection_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
+    """The measurements written by `llama-course rejection-sample --figures FILE` (chapter 12 plots them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {str(path)!r}: run `llama-course rejection-sample --figures {path}`")
+    return json.loads(path.read_text())
+
+
+def sampled_rewards(model: Llama, scorer: Scorer, tokenizer: Tokenizer, prompts: list[str], k: int,
+                    temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RM scores, true rewards) of k sampled answers to each prompt, each (P, k)."""
+    result = best_of_n(model, scorer, prompts, k, temperature, tokenizer=tokenizer, seed=seed)
+    flat = [response for samples in result.responses for response in samples]
+    true = true_reward([p for p in prompts for _ in range(k)], flat).reshape(len(prompts), k)
+    return result.scores, true
+
+
+def figure7(rm: torch.Tensor, true: torch.Tensor, ns: list[int]) -> dict[str, Any]:
+    """Max and median among N by the RM and by the true reward, and the true reward of the RM's pick."""
+    picked_true = [float(expected_order_statistic(rm, n, n, true).mean()) for n in ns]
+    return {"rm": max_and_median_curves(rm, ns), "true": max_and_median_curves(true, ns),
+            "true_of_rm_pick": picked_true}
+
+
+def measure_figures(policy: Llama, scorer: Scorer, tokenizer: Tokenizer, prompts: list[str], held_out: list[str],
+                    config: RejectionConfig, output_dir: str | Path, *, figure_prompts: int = 32, k: int = 100,
+                    temperatures: tuple[float, ...] = (0.6, 1.0, 1.4), figure8_k: int = 16) -> dict[str, Any]:
+    """Everything chapter 12 plots; see the module docstring."""
+    started = time.time()
+    few = held_out[:figure_prompts]
+    ns = list(range(1, k + 1))
+    rm, true = sampled_rewards(policy, scorer, tokenizer, few, k, config.temperature, config.seed)
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "training_prompts": len(prompts),
+                               "held_out_prompts": len(held_out), "figure_prompts": len(few), "k": k}
+    results["figure7"] = figure7(rm, true, ns)
+    results["kl"] = {"n": ns, "bound": [best_of_n_kl_bound(n) for n in ns],
+                     "measured_rm": [float(best_of_n_kl(rm, n).mean()) for n in ns]}
+    rounds: dict[int, Llama] = {}
+    tuned, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, output_dir,
+                                        on_round=lambda iteration, model: rounds.setdefault(iteration,
+                                                                                            copy.deepcopy(model)))
+    results["iterations"] = history
+    one_round = rounds[1]
+    figure8: dict[str, Any] = {"n": list(range(1, figure8_k + 1))}
+    for name, model in (("sft", policy), ("one_round", one_round)):
+        figure8[name] = {}
+        for temperature in temperatures:
+            rm_t, true_t = sampled_rewards(model, scorer, tokenizer, few, figure8_k, temperature, config.seed + 7)
+            figure8[name][str(temperature)] = {"rm": max_and_median_curves(rm_t, figure8["n"])["max"],
+                                               "true": max_and_median_curves(true_t, figure8["n"])["max"]}
+    results["figure8"] = figure8
+    # Distillation: the tuned model samples, the starting model is fine-tuned on its best answers.
+    _, distilled = rejection_sampling(tuned, scorer, tokenizer, prompts, held_out,
+                                      dataclasses.replace(config, iterations=1), Path(output_dir) / "distill",
+                                      student=policy)
+    results["distillation"] = {"teacher": history[-1], "student_before": distilled[0], "student_after": distilled[-1],
+                               "student_own_round": results["iterations"][1]}
+    results["seconds"] = round(time.time() - started, 1)
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course rejection-sample` flags (defaults: `RejectionConfig`)."""
+    defaults = RejectionConfig()
+    parser.add_argument("--policy", default="sft", help="shipped model name or exported folder that samples")
+    parser.add_argument("--reward", default="helpfulness",
+                        help="shipped RM (helpfulness, safety), an RM folder, or 'true' for the toy world's oracle")
+    parser.add_argument("--student", help="distillation: a model fine-tuned on the policy's best answers instead")
+    parser.add_argument("--prompts", type=int, default=128, help="training prompts (toy-world tasks)")
+    parser.add_argument("--held-out", type=int, default=32, help="held-out prompts for greedy evaluation")
+    for name in ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
+    parser.add_argument("--no-pool", action="store_true", help="train each iteration on its own best answers only")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
+    parser.add_argument("--output-dir", default="runs/rejection", help="fine-tuning runs (checkpoints, metrics)")
+    parser.add_argument("--figure-prompts", type=int, default=16, help="held-out prompts behind Figures 7 and 8")
+    parser.add_argument("--figures", type=Path, metavar="FILE", help="also measure chapter 12's figures into FILE")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course rejection-sample`."""
+    from llama_course.alignment.reward_train import load_reward_model
+    from llama_course.alignment.sft import load_base_model
+    from llama_course.toyworld import generate_tasks
+
+    config = RejectionConfig(iterations=args.iterations, samples=args.samples, temperature=args.temperature,
+                             max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
+                             block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
+                             pool=not args.no_pool)
+    policy, tokenizer = load_base_model(args.policy)
+    scorer = true_reward if args.reward == "true" else reward_model_scorer(load_reward_model(args.reward)[0], tokenizer)
+    prompts = list(generate_tasks(args.prompts, seed=args.seed + 2000)["prompt"])
+    training = set(prompts)
+    held_out = [p for p in generate_tasks(args.held_out, seed=args.seed + 3000)["prompt"] if p not in training]
+    if args.figures is not None:
+        results = measure_figures(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
+                                  figure_prompts=args.figure_prompts)
+        args.figures.parent.mkdir(parents=True, exist_ok=True)
+        args.figures.write_text(json.dumps(results) + "\n")
+        print(json.dumps({"iterations": results["iterations"], "distillation": results["distillation"],
+                          "seconds": results["seconds"]}, indent=1))
+        return
+    student = load_base_model(args.student)[0] if args.student else None
+    _, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
+                                    student=student)
+    print(json.dumps(history, indent=1))
+
+
+if __name__ == "__main__":
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.alignment.rejection_report",
+                                          description=__doc__.split("\n")[0])
+    add_arguments(main_parser)
+    run(main_parser.parse_args())
