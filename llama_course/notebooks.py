@@ -53,6 +53,10 @@ def sync_chapter(markdown_path: Path, timeout_s: int = 300) -> float:
         cell.execution_count = None
         cell.outputs = []
         if CHECK_MARKER in cell.source:
+            if any(output.get("name") == "stderr" for output in ran.outputs):
+                # Warnings carry this machine's paths and versions: nbval would compare them on every other one.
+                raise ValueError(f"{markdown_path.name}: a {CHECK_MARKER} cell writes to stderr (a warning?); move "
+                                 "the statement that warns (often an import) into a cell of its own")
             # nbval refuses a stored output without an execution count ("unrun reference cell").
             cell.execution_count = ran.execution_count
             cell.outputs = ran.outputs
