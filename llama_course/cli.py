@@ -30,6 +30,8 @@ SUBCOMMAND_MODULES = [
      "train a helpfulness or safety reward model with the margin ranking loss (--margin-study: no/small/large)"),
     ("rejection-sample", "llama_course.alignment.rejection_report",
      "rejection sampling fine-tuning: best-of-K by the RM, SFT on the winners"),
+    ("gatt", "llama_course.alignment.gatt",
+     "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
     ("chat", "llama_course.chat_cli", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),
