@@ -196,7 +196,8 @@ class Trainer:
         self.metrics = MetricsLog(self.output_dir, enabled=self.context.is_main)
         self.step = 0
         self.tokens = 0
-        self._stop_requested = False
+        self._stop_signalled = False  # set by the SIGTERM handler of this process, at any moment
+        self._stop_requested = False  # agreed by all ranks at the end of a step: then save and stop
         checkpoint = latest_checkpoint(self.output_dir) if config.resume else None
         if checkpoint is not None:
             self.resume_from(checkpoint)
@@ -250,7 +251,7 @@ class Trainer:
             stats[0] += loss.total.detach().double()
             stats[1] += loss.count
             stats[2] += batch["input_ids"].numel() if "input_ids" in batch else 0
-        stats[3] = float(self._stop_requested)
+        stats[3] = float(self._stop_signalled)  # a signal arriving after this line is seen at the next step
         stats = all_reduce_sum(stats)
         count = max(stats[1].item(), 1.0)
         mean_loss = stats[0].item() / count
@@ -296,7 +297,7 @@ class Trainer:
 
     # ----- the loop ----------------------------------------------------------------------------------------
     def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
+        self._stop_signalled = True
 
     def fit(self, until_step: int | None = None) -> TrainingResult:
         """Train until `config.steps`, or until SIGTERM (then save and return). Resumed runs continue exactly.
