@@ -26,6 +26,7 @@ from llama_course.config import PRESETS, count_parameters
 from llama_course.generation import generate
 from llama_course.interop import hf_config_from_model_config, to_hf_state_dict
 from llama_course.model import IGNORE_INDEX, Llama
+from llama_course.training.mfu import measure_matmul_flops, model_flops_utilization, training_flops_per_token
 
 
 def _synchronize(device: torch.device) -> None:
@@ -39,20 +40,6 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     _synchronize(device)
     return time.perf_counter() - start
-
-
-def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` float32 FLOP/s of a (size x size) @ (size x size) product: the machine's practical peak."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    a @ b
-    best = min(_seconds(lambda: a @ b, device) for _ in range(repeats))
-    return 2 * size**3 / best
-
-
-def flops_per_token(config, seq_len: int) -> int:
-    """6N + 12 * L * H * hd * T (Llama 1 section 2.4 / PaLM appendix B), N without the token embedding."""
-    n = count_parameters(config, include_embedding=False)
-    return 6 * n + 12 * config.n_layers * config.n_heads * config.head_dim * seq_len
 
 
 def main() -> None:
@@ -101,12 +88,13 @@ def main() -> None:
     for _ in range(args.train_steps):  # interleaved, so machine noise hits both alike
         times["ours"].append(_seconds(step_ours, device))
         times["transformers"].append(_seconds(step_hf, device))
-    peak = matmul_flops_per_second(device)
-    per_token = flops_per_token(config, args.seq_len)
+    peak = measure_matmul_flops(device=device)
+    per_token = training_flops_per_token(config, args.seq_len)
     train = {}
     for name, seconds in times.items():
         tokens_per_s = args.batch * args.seq_len / statistics.median(seconds)
-        train[name] = {"tokens_per_s": round(tokens_per_s, 1), "mfu": round(tokens_per_s * per_token / peak, 3),
+        mfu = model_flops_utilization(tokens_per_s, per_token, peak)
+        train[name] = {"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 3),
                        "step_seconds": [round(s, 3) for s in seconds], "loss": round(losses[name], 5)}
     train["speedup_ours_over_transformers"] = round(
         train["ours"]["tokens_per_s"] / train["transformers"]["tokens_per_s"], 3)

@@ -9,9 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from llama_course.layers.attention import ATTENTION_BACKENDS
 from llama_course.layers.swiglu import ffn_hidden_dim
 
-ATTENTION_BACKEND_NAMES = ("eager", "sdpa", "memory_efficient")
+ATTENTION_BACKEND_NAMES = tuple(ATTENTION_BACKENDS)  # the registry is the one list of backends
 
 
 @dataclass(frozen=True)
