@@ -126,7 +126,7 @@ def test_one_seeded_iteration_with_the_true_reward_raises_held_out_true_reward(s
     model, tokenizer = sft
     prompts = list(generate_tasks(256, seed=2000, families=["counting"])["prompt"])
     held_out = list(generate_tasks(64, seed=3000, families=["counting"])["prompt"])
-    config = RejectionConfig(iterations=1, samples=4, temperature=0.7, steps=8, batch_size=8, block_size=128, lr=1e-3)
+    config = RejectionConfig(iterations=1, samples=4, temperature=0.7, steps=16, batch_size=8, block_size=128)
     before = [p.detach().clone() for p in model.parameters()]
     _, history = rejection_sampling(model, true_reward, tokenizer, prompts, held_out, config, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -53,11 +53,11 @@ def measure_and_export(
                                "curves": {}, "val_loss": {}, "samples": {}}
     shipped = None
     for name, variant in variants.items():
-        result, model, _ = run_sft(variant)
+        _, model, _ = run_sft(variant)
         scores, answered = helpfulness_by_family(model, tokenizer, tasks)
         helpfulness[name] = scores
         results["curves"][name] = _curves(variant.output_dir)
-        results["val_loss"][name] = result.val_loss
+        results["val_loss"][name] = results["curves"][name]["val_loss"][-1]  # also right for a resumed, finished run
         results["samples"][name] = [dataclasses.asdict(item) for family in scores if family != "all"
                                     for item in [a for a in answered if a.family == family][:SAMPLES_PER_FAMILY]]
         if name == "answers_only":
