@@ -34,18 +34,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.T).to(compute)  # (chunk, V)
             keep = t != IGNORE_INDEX
             safe_t = t.masked_fill(~keep, 0)
-            logsumexp = logits.logsumexp(dim=-1)
-            total += ((logsumexp - logits.gather(1, safe_t[:, None]).squeeze(1)) * keep).sum()
+            log_probs = logits.log_softmax(dim=-1)  # one fused pass over the (chunk, V) logits
+            total -= (log_probs.gather(1, safe_t[:, None]).squeeze(1) * keep).sum()
             if needs_grad:
-                # d(loss)/d(logits) = softmax - one_hot(target), zero on ignored rows.
-                grad_logits = (logits - logsumexp[:, None]).exp_()
+                # d(loss)/d(logits) = softmax - one_hot(target), in place of the log-probabilities. Each row's
+                # weight (`scale`, 0 on ignored rows) multiplies the small matmul operands, not this (chunk, V) one.
+                grad_logits = log_probs.exp_()
                 grad_logits[torch.arange(len(t), device=t.device), safe_t] -= 1.0
-                grad_logits *= (keep * scale)[:, None]
                 grad_logits = grad_logits.to(hidden.dtype)
+                row_weight = (keep * scale)[:, None]  # (chunk, 1)
                 if grad_hidden is not None:
-                    grad_hidden[rows] = grad_logits @ weight
+                    grad_hidden[rows] = (grad_logits @ weight) * row_weight
                 if grad_weight is not None:
-                    grad_weight += (grad_logits.T @ h).to(compute)
+                    grad_weight += (grad_logits.T @ (h * row_weight).to(h.dtype)).to(compute)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total * scale
 
