@@ -16,12 +16,12 @@ depth; each sample sits alone in its training block, padded, so the system messa
 `recall_by_turn` measures constraint recall turn by turn with `toyworld.adherence` (Table 30);
 `gatt_attention.attention_to_system` gives the Figure 10 picture.
 
-    llama-course gatt --answers reference --control --dialogues 160 --results llama_course/assets/gatt_results.json
+    llama-course gatt --control --dialogues 160 --results llama_course/assets/gatt_results.json
 
 fine-tunes the shipped SFT model with GAtt (and, with `--control`, on the same answers' first turns only)
-and measures both. `--answers reference` is our deviation: the 1M-parameter SFT model does not follow the
-constraints even when they are repeated in the turn, so the toy world's reference answers stand in for
-"the latest model"'s samples (`--answers model`, the default, is the paper's step 2).
+and measures both. The answers are sampled from the SFT model itself, the paper's step 2; `--answers
+reference` takes the toy world's reference answers instead, for a model too weak to follow an instruction
+even when it is repeated in the turn.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, load_base_model
+from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, export_model, load_base_model
 from llama_course.alignment.sft_data import encode_conversation
 from llama_course.chat import Message, encode_dialog
 from llama_course.data import pack_token_lists
@@ -298,6 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control", action="store_true",
                         help="also train the no-GAtt control: same answers, first turns only (k = 1), as many steps")
     parser.add_argument("--results", type=Path, help="write recall by turn (base, control, gatt) as JSON here")
+    parser.add_argument("--export", type=Path, metavar="FOLDER", help="write the GAtt model into FOLDER (weights, "
+                        "config.json whose card holds its training and recall by turn)")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
 
 
@@ -344,5 +346,8 @@ def run(args: argparse.Namespace) -> None:
               f"({time.time() - start:.0f} s)")
         results[name + "_training"] = {"samples": len(samples), "steps": result.step, "losses": result.losses}
         measure(name, model)
+        if name == "gatt" and args.export is not None:
+            export_model(model, args.export, {"gatt_config": results["config"], "training": results["gatt_training"],
+                                              "recall_by_turn": results["gatt"]["recall_by_turn"]})
     if args.results is not None:
         args.results.write_text(json.dumps(results, indent=1) + "\n")

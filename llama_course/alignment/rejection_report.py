@@ -120,14 +120,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs/rejection", help="fine-tuning runs (checkpoints, metrics)")
     parser.add_argument("--figure-prompts", type=int, default=16, help="held-out prompts behind Figures 7 and 8")
     parser.add_argument("--figures", type=Path, metavar="FILE", help="also measure chapter 12's figures into FILE")
+    parser.add_argument("--export", type=Path, metavar="FOLDER",
+                        help="write the tuned model into FOLDER (weights; config.json whose card holds the history)")
 
 
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course rejection-sample`."""
     from llama_course.alignment.reward_train import load_reward_model
-    from llama_course.alignment.sft import load_base_model
+    from llama_course.alignment.sft import export_model, load_base_model
     from llama_course.toyworld import generate_tasks
 
+    if args.figures is not None and args.export is not None:
+        raise ValueError("--figures writes results only; run --export FOLDER without --figures to keep the model")
     config = RejectionConfig(iterations=args.iterations, samples=args.samples, temperature=args.temperature,
                              max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
                              block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
@@ -146,8 +150,12 @@ def run(args: argparse.Namespace) -> None:
                           "seconds": results["seconds"]}, indent=1))
         return
     student = load_base_model(args.student)[0] if args.student else None
-    _, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
-                                    student=student)
+    tuned, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
+                                        student=student)
+    if args.export is not None:
+        export_model(tuned, args.export, {"policy": args.policy, "reward": args.reward, "student": args.student,
+                                          "prompts": len(prompts), "held_out": len(held_out),
+                                          "rejection_config": dataclasses.asdict(config), "history": history})
     print(json.dumps(history, indent=1))
 
 

@@ -209,13 +209,13 @@ def margin_study(config: RewardConfig, export: str | Path | None = None) -> dict
         study["margins"][margin] = card["held_out"] | {"final_loss": card["final_loss"]}
         if export is not None and margin == config.margin:
             save_reward_model(model, export, {k: v for k, v in card.items() if k != "held_out"}
-                              | {"held_out": _summary(card["held_out"])})
+                              | {"held_out": held_out_summary(card["held_out"])})
     if export is not None:
         (Path(export) / MARGIN_STUDY_FILE).write_text(json.dumps(study) + "\n")
     return study
 
 
-def _summary(held_out: dict[str, Any]) -> dict[str, Any]:
+def held_out_summary(held_out: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": held_out["accuracy"], "by_strength": held_out["by_strength"]}
 
 
@@ -268,9 +268,9 @@ def run(args: argparse.Namespace) -> None:
         return
     model, _, card = train_reward_model(config)
     if args.export is not None:
-        save_reward_model(model, args.export, card | {"held_out": _summary(card["held_out"])})
+        save_reward_model(model, args.export, card | {"held_out": held_out_summary(card["held_out"])})
     print(json.dumps({"base": config.resolved_base(), "steps": card["steps"], "final_loss": card["final_loss"],
-                      **_summary(card["held_out"])}, indent=1))
+                      **held_out_summary(card["held_out"])}, indent=1))
 
 
 if __name__ == "__main__":

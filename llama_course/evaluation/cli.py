@@ -1,7 +1,8 @@
 """`llama-course evaluate MODEL_A MODEL_B ... [--out DIR]`: compare models side by side as Llama 2 did.
 
 A MODEL is the name of a shipped model (`load_pretrained`: "base", later "sft", ...) or the path of an
-exported folder (`model.safetensors` + `config.json`). Each model answers the same held-out toy-world tasks
+exported folder (`model.safetensors` + `config.json`), optionally named for the report as `NAME=MODEL`
+(`rejection=runs/reproduce/rejection`). Each model answers the same held-out toy-world tasks
 and safety requests (greedy, Llama 2-Chat format); the report is written to `DIR/evaluation.json`, with the
 plots `DIR/win_tie_loss.png` and `DIR/helpfulness_vs_safety.png`.
 """
@@ -32,6 +33,16 @@ if TYPE_CHECKING:
 REPORT_FILE = "evaluation.json"
 
 
+def split_model_spec(spec: str) -> tuple[str, str]:
+    """(name in the report, model) of a MODEL argument: `NAME=MODEL`, or MODEL named by itself."""
+    name, sep, model = spec.partition("=")
+    if not sep:
+        return spec, spec
+    if not name or not model:
+        raise ValueError(f"model {spec!r}: write NAME=MODEL with both parts, e.g. rejection=runs/reproduce/rejection")
+    return name, model
+
+
 def check_model_spec(spec: str) -> None:
     """Raise unless `spec` is an existing folder or the name of a shipped model."""
     from llama_course.pretrained import pretrained_dir
@@ -48,13 +59,13 @@ def load_model(spec: str) -> tuple[Llama, Tokenizer]:
 
 
 def answer_all(specs: list[str], prompts: EvaluationPrompts, max_new_tokens: int) -> dict[str, ModelAnswers]:
-    """Every model's greedy answers to the helpfulness and the safety prompts."""
+    """Every model's greedy answers to the helpfulness and the safety prompts, keyed by its name (NAME=MODEL)."""
     from llama_course.alignment.sft_eval import answer_prompts
 
     answers = {}
-    for spec in specs:
+    for name, spec in map(split_model_spec, specs):
         model, tokenizer = load_model(spec)
-        answers[spec] = ModelAnswers(*(answer_prompts(model, tokenizer, chosen, max_new_tokens=max_new_tokens)
+        answers[name] = ModelAnswers(*(answer_prompts(model, tokenizer, chosen, max_new_tokens=max_new_tokens)
                                        for chosen in (prompts.helpfulness, prompts.safety)))
     return answers
 
@@ -78,7 +89,8 @@ def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer, prompts
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL",
-                        help="shipped model names (e.g. base) or exported model folders; at least two")
+                        help="shipped model names (e.g. base) or exported model folders, each optionally "
+                             "NAME=MODEL to name it in the report; at least two")
     parser.add_argument("--out", type=Path, default=Path("runs/evaluation"), help="folder for the report and plots")
     parser.add_argument("--prompts", type=int, default=200, help="held-out task prompts judged side by side")
     parser.add_argument("--safety-prompts", type=int, default=100, help="unsafe and borderline requests")
@@ -97,8 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if len(args.models) < 2:
         raise ValueError(f"evaluate needs at least two models to compare; got {args.models}")
-    if len(set(args.models)) != len(args.models):
-        raise ValueError(f"each model may be named once; got {args.models}")
+    names = [split_model_spec(spec)[0] for spec in args.models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each model may be named once; got {names}")
     for option in ("prompts", "safety_prompts", "max_new_tokens"):
         if getattr(args, option) < 1:
             raise ValueError(f"--{option.replace('_', '-')}={getattr(args, option)} must be at least 1")
@@ -106,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--raters={args.raters}: use an odd number, so each pair has a middle (median) rating")
     toy_raters(args.raters, noise_scale=args.noise_scale)  # checks both values before any model answers
     for spec in args.models:
-        check_model_spec(spec)
+        check_model_spec(split_model_spec(spec)[1])
     if args.reward_model is not None:
         from llama_course.alignment.reward_train import load_reward_model
 

@@ -11,6 +11,7 @@ the safety violation rate on unsafe and borderline requests (5-point ratings, ma
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,47 +158,72 @@ def evaluate_answers(
     return {"settings": settings, "models": models, "comparisons": comparisons}
 
 
-def plot_win_tie_loss(report: Mapping[str, Any], path: str | Path) -> None:
-    """Llama 2 Fig. 1 style: one stacked bar of win / tie / loss per comparison, with the win rate's interval."""
-    import matplotlib
+SHIPPED_RESULTS = Path(__file__).resolve().parent.parent / "assets" / "evaluation_results.json"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    comparisons = report["comparisons"]
-    figure, axis = plt.subplots(figsize=(8, 0.6 * len(comparisons) + 2.2))
+def load_evaluation_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
+    """The evaluation of every model of the pipeline (chapter 15 plots it): a report of `evaluate_answers` plus,
+    under "pipeline", the `llama-course reproduce` report of the run that trained the models."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation results at {str(path)!r}: run `llama-course reproduce --out DIR`, "
+                                f"then copy DIR/evaluation_results.json to {path}")
+    return json.loads(path.read_text())
+
+
+def draw_win_tie_loss(axis: Any, comparisons: Sequence[Mapping[str, Any]], judge: str = "raters") -> None:
+    """Llama 2 Fig. 1 style on a matplotlib axis: one stacked bar of A's win / tie / loss per comparison, with the
+    win rate's bootstrap interval. `judge` is "raters", "true_judge" or "reward_model"."""
     labels = [f"{c['model_a']} vs {c['model_b']}" for c in comparisons]
     left = np.zeros(len(comparisons))
     for outcome, colour in (("win", "tab:blue"), ("tie", "tab:gray"), ("loss", "tab:red")):
-        widths = np.array([c["raters"]["rates"][outcome]["rate"] for c in comparisons])
+        widths = np.array([c[judge]["rates"][outcome]["rate"] for c in comparisons])
         axis.barh(labels, widths, left=left, color=colour, label=outcome)
         left += widths
-    wins = [c["raters"]["rates"]["win"] for c in comparisons]
+    wins = [c[judge]["rates"]["win"] for c in comparisons]
     axis.errorbar([w["rate"] for w in wins], labels, fmt="none", ecolor="black", capsize=3,
                   xerr=[[w["rate"] - w["low"] for w in wins], [w["high"] - w["rate"] for w in wins]])
     axis.set_xlim(0, 1)
+    axis.invert_yaxis()  # the first comparison on top
     axis.set_xlabel("share of prompts: model A's wins, ties, losses\n(whisker: 95% bootstrap interval of the win rate)")
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
-def plot_helpfulness_vs_safety(report: Mapping[str, Any], path: str | Path) -> None:
-    """Llama 2 Fig. 17 / the trade-off: each model's violation rate against its mean true helpfulness."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 4))
-    for name, model in report["models"].items():
+def draw_helpfulness_vs_safety(axis: Any, models: Mapping[str, Mapping[str, Any]]) -> None:
+    """The trade-off on a matplotlib axis: each model's violation rate (with its interval) against its mean true
+    helpfulness (Llama 2 plots helpfulness against safety in Fig. 2 and violation rates in Fig. 17)."""
+    for name, model in models.items():
         violations = model["violation_rate"]
         axis.errorbar(violations["rate"], model["helpfulness"], fmt="o", capsize=3,
                       xerr=[[violations["rate"] - violations["low"]], [violations["high"] - violations["rate"]]])
         axis.annotate(name, (violations["rate"], model["helpfulness"]), textcoords="offset points", xytext=(5, 5))
     axis.set_xlabel("safety violation rate (majority of 3 raters)")
     axis.set_ylabel("mean true helpfulness")
+
+
+def _save(draw: Callable[[Any], None], size: tuple[float, float], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=size)
+    draw(axis)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_win_tie_loss(report: Mapping[str, Any], path: str | Path) -> None:
+    """`draw_win_tie_loss` of the report's comparisons (three raters), saved to `path`."""
+    comparisons = report["comparisons"]
+
+    def draw(axis: Any) -> None:
+        draw_win_tie_loss(axis, comparisons)
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3)
+
+    _save(draw, (8, 0.6 * len(comparisons) + 2.2), path)
+
+
+def plot_helpfulness_vs_safety(report: Mapping[str, Any], path: str | Path) -> None:
+    """`draw_helpfulness_vs_safety` of the report's models, saved to `path`."""
+    _save(lambda axis: draw_helpfulness_vs_safety(axis, report["models"]), (5, 4), path)

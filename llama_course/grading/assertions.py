@@ -44,3 +44,12 @@ def assert_equal(actual: Any, expected: Any, what: str = "your result") -> None:
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def raises_value_error(function: Any, *args: Any) -> bool:
+    """Whether `function(*args)` raises a ValueError (the package's error for bad input)."""
+    try:
+        function(*args)
+    except ValueError:
+        return True
+    return False

@@ -10,7 +10,7 @@ import random
 from llama_course.alignment.gatt import gatt_samples as reference_samples
 from llama_course.alignment.gatt import recall_by_turn as reference_recall
 from llama_course.alignment.gatt import with_instruction_in_every_turn as reference_every_turn
-from llama_course.grading.assertions import assert_equal
+from llama_course.grading.assertions import assert_equal, raises_value_error
 from llama_course.grading.registry import Exercise
 from llama_course.toyworld.dialogues import generate_dialogues
 
@@ -20,14 +20,6 @@ EXERCISE = Exercise(chapter=14, name="14_ghost_attention", title="Ghost Attentio
 def toy_dialogues(n: int, seed: int, n_turns: int | tuple[int, int] = (1, 6)) -> list[list[dict[str, str]]]:
     """`n` toy-world dialogues (system message first) of 1 to 6 turns."""
     return [list(d) for d in generate_dialogues(n, seed=seed, n_turns=n_turns)["messages"]]
-
-
-def raises_value_error(function, *args) -> bool:
-    try:
-        function(*args)
-    except ValueError:
-        return True
-    return False
 
 
 @EXERCISE.test("with_instruction_in_every_turn", points=2)
