@@ -30,10 +30,14 @@ SUBCOMMAND_MODULES = [
      "train a helpfulness or safety reward model with the margin ranking loss (--margin-study: no/small/large)"),
     ("rejection-sample", "llama_course.alignment.rejection_report",
      "rejection sampling fine-tuning: best-of-K by the RM, SFT on the winners"),
+    ("ppo", "llama_course.alignment.ppo_report",
+     "RLHF with PPO: KL-penalised, safety-first reward from the two RMs; data-parallel under torchrun"),
     ("gatt", "llama_course.alignment.gatt",
      "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
+    ("reproduce", "llama_course.reproduce",
+     "the whole course from nothing (tokenizer to evaluation), resumable, with a report of every headline number"),
     ("chat", "llama_course.chat_cli", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),
 ]
 

@@ -8,7 +8,7 @@ Each step runs a package command with the recipe the package ships, so the run r
  4. rm_helpfulness  train-rm --margin-study with the `reward_config` of the shipped RM's card (Table 28);
  5. rm_safety       train-rm with the `reward_config` of the shipped safety RM's card;
  6. rejection       rejection-sample with the loop of `assets/rejection_results.json` (chapter 12), exported;
- 7. ppo             ppo with the command's defaults (it still reads the SHIPPED reward models, see `ppo_step`);
+ 7. ppo             ppo with the command's defaults, rewarded by this run's two reward models;
  8. gatt            gatt with the settings of `assets/gatt_results.json` (chapter 14), exported;
  9. evaluation      evaluate every model above side by side (chapter 15), the helpfulness RM as an extra judge.
 
@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llama_course.pipeline import Pipeline, Step, StepPending, run_steps, write_json_atomic
+from llama_course.pipeline import Pipeline, Step, run_steps, write_json_atomic
 
 if TYPE_CHECKING:
     from llama_course.alignment.reward_train import RewardConfig
@@ -192,21 +192,16 @@ def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
-    # TO CHECK(ppo): `llama-course ppo` loads the SHIPPED reward models (`ppo_train.load_ppo_models`); this step
-    # should pass this run's rm_helpfulness and rm_safety once the command takes RM folders. Until `ppo` is a
-    # subcommand the step reports itself pending and a later `reproduce` runs it.
-    from llama_course.cli import SUBCOMMAND_MODULES
+    """PPO from this run's SFT model, rewarded by this run's two reward models (chapter 13's command defaults)."""
     from llama_course.training.metrics import read_metrics
 
-    if "ppo" not in {name for name, _, _ in SUBCOMMAND_MODULES}:
-        raise StepPending("`llama-course ppo` does not exist yet (llama_course/alignment/ppo_report.py)")
     folder, run_dir = pipeline.partial("ppo"), pipeline.path("runs", "ppo")
-    pipeline.command(["ppo", "--policy", pipeline.path("sft"), "--output-dir", run_dir, "--save", folder,
+    pipeline.command(["ppo", "--policy", pipeline.path("sft"), "--helpfulness-rm", pipeline.path("rm_helpfulness"),
+                      "--safety-rm", pipeline.path("rm_safety"), "--output-dir", run_dir, "--save", folder,
                       *pipeline.sizes["ppo"]])
     rows = [row for row in read_metrics(run_dir) if "true_combined" in row]  # one row per iteration
     pipeline.publish("ppo")
-    return {"true_reward": [rows[0]["true_combined"], rows[-1]["true_combined"]], "kl": rows[-1]["kl_k1"],
-            "reward_models": "shipped"}
+    return {"true_reward": [rows[0]["true_combined"], rows[-1]["true_combined"]], "kl": rows[-1]["kl_k1"]}
 
 
 GATT_FLAGS = ("dialogues", "answers", "epochs", "lr", "batch_size", "eval_dialogues", "eval_turns", "max_new_tokens",
@@ -311,7 +306,7 @@ def headline_rows(steps: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]
         ("best-of-N gain, RM score (kept answer - mean of K)", _number(s["best_of_n_gain_rm"])),
         ("held-out RM score by iteration", _series(s["held_out_rm"])),
         ("held-out true reward by iteration", _series(s["held_out_true"]))])
-    add("ppo", "13 PPO", lambda s: [(f"true reward, first / last iteration; KL (k1), last ({s['reward_models']} RMs)",
+    add("ppo", "13 PPO", lambda s: [("true reward, first / last iteration; KL (k1), last",
                                      f"{_series(s['true_reward'])}; {_number(s['kl'])}")])
     add("gatt", "14 Ghost Attention", lambda s: [
         (f"{name}: constraint recall at turns 2, 4, 6, ... (Table 30)", _series(recall[1::2]))

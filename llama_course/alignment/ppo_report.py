@@ -1,0 +1,223 @@
+"""`llama-course ppo`: run PPO (Llama 2, section 3.2.3) and measure what chapter 13 plots.
+
+    llama-course ppo --iterations 40 --save runs/ppo/policy
+    torchrun --nproc_per_node 2 -m llama_course.cli ppo --iterations 40
+    llama-course ppo --experiments llama_course/assets/ppo_results.json
+
+The first runs PPO from the shipped SFT model with the shipped reward models and writes
+`runs/ppo/metrics.jsonl` (one line per iteration) and `runs/ppo/metrics.png`; `--save FOLDER` writes the
+trained policy as a model folder that `load_base_model` reads. The second runs the same on 2 processes.
+The third runs the chapter's experiments (`EXPERIMENTS`, about 15 minutes on a 2-core CPU) and writes their
+curves, held-out measurements and sample answers to one JSON file (results only: no model is written into
+the package). Until the subcommand is registered, `python -m llama_course.alignment.ppo_report` takes the
+same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from llama_course.alignment.ppo_train import (
+    REWARDS,
+    PPOConfig,
+    evaluate_policy,
+    load_ppo_models,
+    ppo_prompts,
+    train_ppo,
+)
+from llama_course.model import Llama
+from llama_course.tokenizer import Tokenizer
+from llama_course.toyworld import is_safety_prompt
+from llama_course.training.distributed import shutdown_distributed
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_RESULTS = ASSETS_DIR / "ppo_results.json"
+PLOTTED = (("rm_combined", "RM reward R_c (sigmoid)"), ("true_combined", "true reward (safety-first)"),
+           ("true_helpfulness_tasks", "true helpfulness, tasks"), ("true_safety_unsafe", "true safety, unsafe"),
+           ("kl_k1", "KL k1 (nats / response)"), ("kl_k3", "KL k3 (nats / response)"), ("entropy", "entropy (nats)"),
+           ("clip_fraction", "clip fraction"), ("value_loss", "value loss"), ("response_length", "length (tokens)"))
+# The chapter's runs, each from the shipped SFT model: (`PPOConfig` overrides of `EXPERIMENT_BASE`, the share of
+# unsafe or borderline prompts). "kl_penalty" is Llama 2's recipe (safety-first reward, KL penalty); "no_penalty"
+# drops the penalty; "oracle" puts the toy world's true scores in place of the reward models. The safety pair
+# has no penalty (the reward alone decides) and twice the safety prompts; "helpfulness_only" drops the rule.
+EXPERIMENT_BASE = dict(iterations=40, lr=5e-5, beta=0.2)
+EXPERIMENTS: dict[str, tuple[dict[str, Any], float]] = {
+    "kl_penalty": ({}, 0.25),
+    "no_penalty": ({"beta": 0.0}, 0.25),
+    "oracle": ({"reward": "true"}, 0.25),
+    "safety_first": ({"beta": 0.0}, 0.5),
+    "helpfulness_only": ({"beta": 0.0, "reward": "helpfulness"}, 0.5),
+}
+
+
+def load_ppo_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
+    """The measurements written by `llama-course ppo --experiments FILE` (chapter 13 plots them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no PPO results at {str(path)!r}: run `llama-course ppo --experiments {path}`")
+    return json.loads(path.read_text())
+
+
+def plot_ppo_metrics(history: list[dict[str, Any]], output: str | Path | None = None, *,
+                     label: str | None = None, axes=None):
+    """One panel per metric of `PLOTTED` against the iteration; draws onto `axes` (to overlay runs) or new
+    ones. Returns the axes; saves the figure to `output` when given."""
+    import matplotlib
+
+    if output is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(2, 5, figsize=(17, 6))
+    steps = [row["step"] for row in history]
+    for axis, (key, title) in zip(axes.flat, PLOTTED, strict=True):
+        axis.plot(steps, [row[key] for row in history], label=label, linewidth=1.2)
+        axis.set(title=title, xlabel="iteration")
+    if label is not None:
+        axes.flat[0].legend(fontsize=8)
+    axes.flat[0].figure.tight_layout()
+    if output is not None:
+        axes.flat[0].figure.savefig(output, dpi=110)
+    return axes
+
+
+def asset_fingerprints() -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of the shipped weights PPO starts from: results measured on other assets
+    are stale."""
+    import hashlib
+
+    files = {"sft": ASSETS_DIR / "sft" / "model.safetensors",
+             "rm_helpfulness": ASSETS_DIR / "rm_helpfulness" / "model.safetensors",
+             "rm_safety": ASSETS_DIR / "rm_safety" / "model.safetensors"}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest()[:16] for name, path in files.items()}
+
+
+def held_out_prompts(seed: int = 4242) -> dict[str, list[str]]:
+    """Held-out prompts (seeds no training pool uses): 64 tasks and 32 unsafe or borderline requests."""
+    from llama_course.toyworld import generate_safety_prompts, generate_tasks
+
+    return {"tasks": list(generate_tasks(64, seed=seed)["prompt"]),
+            "safety": list(generate_safety_prompts(32, seed=seed)["prompt"])}
+
+
+def greedy_samples(policy: Llama, tokenizer: Tokenizer, prompts: list[str]) -> list[str]:
+    from llama_course.alignment.sft_eval import answer_prompts
+
+    return answer_prompts(policy, tokenizer, prompts)
+
+
+def run_experiment(config: PPOConfig, output_dir: str | Path, sample_prompts: list[str],
+                   safety_fraction: float = 0.25) -> dict[str, Any]:
+    """One PPO run from the shipped models: its per-iteration metrics, held-out metrics before and after (4
+    sampled answers per held-out prompt), and greedy answers to `sample_prompts` before and after."""
+    models, tokenizer = load_ppo_models()
+    held_out = held_out_prompts()
+    prompts = held_out["tasks"] + held_out["safety"]
+    started = time.time()
+    before = evaluate_policy(models, tokenizer, prompts, config, samples=4)
+    answers_before = greedy_samples(models.policy, tokenizer, sample_prompts)
+    history = train_ppo(models, tokenizer, ppo_prompts(2000, seed=config.seed + 1, safety_fraction=safety_fraction),
+                        config, output_dir,
+                        on_iteration=lambda row: print(f"  iteration {row['step']}: RM {row['rm_combined']:.3f}, "
+                                                       f"true {row['true_combined']:.3f}, KL {row['kl_k1']:.2f}",
+                                                       flush=True))
+    models.to(torch.device("cpu"), torch.float32)
+    after = evaluate_policy(models, tokenizer, prompts, config, samples=4)
+    samples = [{"prompt": p, "before": b, "after": a}
+               for p, b, a in zip(sample_prompts, answers_before, greedy_samples(models.policy, tokenizer,
+                                                                                   sample_prompts), strict=True)]
+    return {"config": dataclasses.asdict(config), "safety_fraction": safety_fraction, "history": history,
+            "held_out_before": before, "held_out_after": after, "samples": samples,
+            "seconds": round(time.time() - started, 1)}
+
+
+def measure_experiments(output_dir: str | Path = "runs/ppo-experiments", seed: int = 0,
+                        only: list[str] | None = None) -> dict[str, Any]:
+    """Every run of `EXPERIMENTS` (or those named in `only`), in order; see the module docstring."""
+    started = time.time()
+    held_out = held_out_prompts()
+    unsafe = [prompt for prompt in held_out["safety"] if is_safety_prompt(prompt)]
+    borderline = [prompt for prompt in held_out["safety"] if not is_safety_prompt(prompt)]
+    sample_prompts = held_out["tasks"][:4] + unsafe[:3] + borderline[:1]
+    results: dict[str, Any] = {"experiment_base": EXPERIMENT_BASE, "held_out": held_out, "runs": {},
+                               "assets": asset_fingerprints()}
+    for name, (overrides, safety_fraction) in EXPERIMENTS.items():
+        if only is not None and name not in only:
+            continue
+        print(f"{name}: {overrides}, safety prompts {safety_fraction:.0%}", flush=True)
+        config = PPOConfig(**(EXPERIMENT_BASE | overrides), seed=seed)
+        results["runs"][name] = run_experiment(config, Path(output_dir) / name, sample_prompts, safety_fraction)
+    results["seconds"] = round(time.time() - started, 1)
+    return results
+
+
+def save_policy(model: Llama, folder: str | Path, card: dict[str, Any]) -> None:
+    """Write `model.safetensors` and `config.json` (the layout of the shipped models) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.detach().float().cpu().contiguous() for name, t in model.state_dict().items()},
+              folder / "model.safetensors")
+    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "card": card}
+    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course ppo` flags (defaults: `PPOConfig`)."""
+    defaults = PPOConfig()
+    parser.add_argument("--policy", default="sft", help="shipped model name or exported folder to start from")
+    parser.add_argument("--helpfulness-rm", default="helpfulness",
+                        help="shipped RM name or a folder written by `train-rm --export`")
+    parser.add_argument("--safety-rm", default="safety",
+                        help="shipped RM name or a folder written by `train-rm --export`")
+    for name in ("iterations", "batch_size", "minibatch_size", "max_new_tokens", "chunk_size", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "value_lr", "beta", "temperature", "missing_eos_penalty", "safety_threshold"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--reward", choices=REWARDS, default=defaults.reward,
+                        help="safety-first (Llama 2), helpfulness (RM alone), true (the toy world's oracle)")
+    parser.add_argument("--prompts", type=int, default=2000, help="size of the training prompt pool")
+    parser.add_argument("--safety-fraction", type=float, default=0.25, help="share of unsafe/borderline prompts")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=defaults.dtype)
+    parser.add_argument("--output-dir", default="runs/ppo", help="metrics.jsonl and metrics.png go here")
+    parser.add_argument("--save", type=Path, metavar="FOLDER", help="write the trained policy into FOLDER")
+    parser.add_argument("--experiments", type=Path, metavar="FILE",
+                        help="run chapter 13's experiments (shipped models; only --seed and --output-dir apply) "
+                             "and write their results to FILE")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course ppo`."""
+    if args.experiments is not None:
+        results = measure_experiments(args.output_dir, seed=args.seed)
+        args.experiments.parent.mkdir(parents=True, exist_ok=True)
+        args.experiments.write_text(json.dumps(results) + "\n")
+        print(json.dumps({name: {"before": run["held_out_before"], "after": run["held_out_after"]}
+                          for name, run in results["runs"].items()}, indent=1))
+        return
+    fields = {field.name for field in dataclasses.fields(PPOConfig)}
+    config = PPOConfig(**{name: value for name, value in vars(args).items() if name in fields})
+    models, tokenizer = load_ppo_models(args.policy, args.helpfulness_rm, args.safety_rm)
+    history = train_ppo(models, tokenizer, ppo_prompts(args.prompts, args.seed + 1, args.safety_fraction), config,
+                        args.output_dir, on_iteration=lambda row: print(json.dumps(row), flush=True))
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        plot_ppo_metrics(history, Path(args.output_dir) / "metrics.png")
+        if args.save is not None:
+            save_policy(models.policy, args.save, {"trained_from": args.policy, "ppo": dataclasses.asdict(config)})
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.alignment.ppo_report",
+                                          description=__doc__.split("\n")[0])
+    add_arguments(main_parser)
+    run(main_parser.parse_args())
