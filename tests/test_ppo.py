@@ -28,13 +28,7 @@ from llama_course.alignment.reward import RewardModel, whiten
 from llama_course.pretrained import load_pretrained
 from llama_course.toyworld import generate_safety_prompts, generate_tasks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

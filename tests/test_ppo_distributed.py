@@ -17,12 +17,7 @@ SMALL = dict(iterations=2, batch_size=8, minibatch_size=4, chunk_size=2, max_new
              beta=0.1, dtype="float64", seed=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

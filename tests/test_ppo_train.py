@@ -1,17 +1,10 @@
 """A short seeded PPO run from the shipped SFT model raises the reward model's score of held-out answers."""
 
 import pytest
-import torch
 
 from llama_course.alignment.ppo_train import PPOConfig, evaluate_policy, load_ppo_models, ppo_prompts, train_ppo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_short_run_raises_the_reward_models_score_of_held_out_answers(tmp_path):

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from llama_course.cli import SUBCOMMAND_MODULES
 from llama_course.evaluation import cli as evaluate_cli
@@ -110,15 +109,6 @@ def test_a_folder_is_resumed_only_in_the_mode_it_was_started_in(tmp_path):
 
 def card(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())["card"]
-
-
-@pytest.fixture
-def one_thread():
-    """The tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_run_resumes_after_an_interruption_and_reports_what_its_steps_wrote(tmp_path, one_thread):

@@ -21,13 +21,7 @@ TINY = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, m
                    attention_backend="eager")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are far faster on one thread than fighting other processes for two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_blocks(n_documents: int = 120, block_size: int = 16, seed: int = 0) -> TensorBlocks:
