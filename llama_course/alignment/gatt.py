@@ -252,7 +252,7 @@ def load_gatt_results(path: str | Path = SHIPPED_RESULTS) -> dict:
     """The measurements of a `llama-course gatt --results FILE` run (the shipped one by default)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no GAtt results at {str(path)!r}: run `llama-course gatt --answers reference "
+        raise FileNotFoundError(f"no GAtt results at {str(path)!r}: run `llama-course gatt "
                                 f"--control --results {path}`")
     return json.loads(path.read_text())
 
