@@ -6,12 +6,12 @@ micro-batches on one process, 2 x 2 on each of two).
 """
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from local_processes import free_port, set_process_env
 from test_training import train
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -21,19 +21,12 @@ WORLD_SIZE = 2
 TWO_PROCESSES = dict(micro_batch_size=2, grad_accum_steps=2, checkpoint_every=0)  # save at the end only
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_RANK=str(rank))
+    set_process_env(rank, WORLD_SIZE, port)
     torch.set_num_threads(1)
     try:
         results = {}
@@ -63,7 +56,7 @@ def runs(tmp_path_factory):
     try:
         single_trainer, single = train(root / "single")
         train(root / "single_saved_at_3", until_step=3)
-        mp.spawn(_worker, args=(_free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
+        mp.spawn(_worker, args=(free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
         results = torch.load(root / "results.pt", weights_only=True)
         resumed_trainer, resumed = train(root / "fsdp_saved_at_3", seed=123)
     finally:

@@ -2,12 +2,12 @@
 metrics file holds one line per iteration."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from local_processes import free_port, set_process_env
 
 from llama_course.alignment.ppo_train import PPOConfig, load_ppo_models, ppo_prompts, train_ppo
 
@@ -20,12 +20,6 @@ SMALL = dict(iterations=2, batch_size=8, minibatch_size=4, chunk_size=2, max_new
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(output_dir=None):
     models, tokenizer = load_ppo_models()
     history = train_ppo(models, tokenizer, ppo_prompts(40, seed=3, safety_fraction=0.5), PPOConfig(**SMALL),
@@ -34,8 +28,7 @@ def _run(output_dir=None):
 
 
 def _worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_RANK=str(rank))
+    set_process_env(rank, WORLD_SIZE, port)
     torch.set_num_threads(1)
     try:
         history, states = _run(os.path.join(root, "two"))
@@ -51,7 +44,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         single = _run(root / "one")
-        mp.spawn(_worker, args=(_free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
+        mp.spawn(_worker, args=(free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
     finally:
         torch.set_num_threads(threads)
     ranks = [torch.load(root / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]

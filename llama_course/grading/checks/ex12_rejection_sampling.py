@@ -12,7 +12,7 @@ import torch
 from llama_course.alignment.rejection import best_of_n_kl_bound as reference_kl_bound
 from llama_course.alignment.rejection import expected_order_statistic as reference_order_statistic
 from llama_course.alignment.rejection import select_best as reference_select_best
-from llama_course.grading.assertions import assert_equal, assert_tensor_close
+from llama_course.grading.assertions import assert_equal, assert_tensor_close, raises_value_error
 from llama_course.grading.registry import Exercise
 
 EXERCISE = Exercise(chapter=12, name="12_rejection_sampling", title="Rejection sampling fine-tuning")
@@ -32,11 +32,8 @@ def best_indices_match_the_reference_with_and_without_ties(select_best):
         assert_tensor_close(select_best(scores), reference_select_best(scores), atol=0, rtol=0,
                             what=f"the best index of each row of scores {scores.tolist()}")
     for shape in ((5,), (3, 0)):
-        try:
-            select_best(torch.zeros(shape))
-        except ValueError:
-            continue
-        raise AssertionError(f"scores of shape {shape} are not (prompts, samples) with a sample: raise ValueError")
+        if not raises_value_error(select_best, torch.zeros(shape)):
+            raise AssertionError(f"scores of shape {shape} are not (prompts, samples) with a sample: raise ValueError")
 
 
 @EXERCISE.test("select_best", points=1)
@@ -95,11 +92,8 @@ def expectations_match_the_reference(expected_order_statistic):
                                     what=f"the expected value of the rank-{rank} sample among n={n} of K={k}")
     scores = random_scores(9, 2, 5)
     for n, rank in ((6, 1), (3, 0), (3, 4), (0, 0)):
-        try:
-            expected_order_statistic(scores, n, rank)
-        except ValueError:
-            continue
-        raise AssertionError(f"n={n}, rank={rank} with K=5 samples breaks 1 <= rank <= n <= K: raise ValueError")
+        if not raises_value_error(expected_order_statistic, scores, n, rank):
+            raise AssertionError(f"n={n}, rank={rank} with K=5 samples breaks 1 <= rank <= n <= K: raise ValueError")
 
 
 @EXERCISE.test("expected_order_statistic", points=1)

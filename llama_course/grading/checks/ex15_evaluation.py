@@ -10,7 +10,7 @@ from llama_course.evaluation.agreement import gwet_ac2 as reference_ac2
 from llama_course.evaluation.agreement import ordinal_weights
 from llama_course.evaluation.ratings import consensus_ratings, outcome_of
 from llama_course.evaluation.safety import violations
-from llama_course.grading.assertions import assert_equal
+from llama_course.grading.assertions import assert_equal, raises_value_error
 from llama_course.grading.registry import Exercise
 
 EXERCISE = Exercise(chapter=15, name="15_evaluation", title="Evaluation")
@@ -26,11 +26,8 @@ def random_ratings(seed: int, items: int, raters: int, points: int, agreeing: in
 
 def assert_refused(function, argument: np.ndarray, why: str) -> None:
     """`function(argument)` must raise ValueError; `why` tells the student what is wrong with the argument."""
-    try:
-        function(argument)
-    except ValueError:
-        return
-    raise AssertionError(f"{why}: raise ValueError")
+    if not raises_value_error(function, argument):
+        raise AssertionError(f"{why}: raise ValueError")
 
 
 def close(actual, expected: float, what: str, tolerance: float = 1e-9) -> None:
