@@ -4,13 +4,13 @@
     torchrun --nproc_per_node 2 -m llama_course.cli ppo --iterations 40
     llama-course ppo --experiments llama_course/assets/ppo_results.json
 
-The first runs PPO from the shipped SFT model with the shipped reward models and writes
+The first runs PPO from the shipped SFT model with the shipped reward models (`--policy`, `--helpfulness-rm`
+and `--safety-rm` take other folders) and writes
 `runs/ppo/metrics.jsonl` (one line per iteration) and `runs/ppo/metrics.png`; `--save FOLDER` writes the
 trained policy as a model folder that `load_base_model` reads. The second runs the same on 2 processes.
-The third runs the chapter's experiments (`EXPERIMENTS`, about 15 minutes on a 2-core CPU) and writes their
+The third runs the chapter's experiments (`EXPERIMENTS`, about 17 minutes on a 2-core CPU) and writes their
 curves, held-out measurements and sample answers to one JSON file (results only: no model is written into
-the package). Until the subcommand is registered, `python -m llama_course.alignment.ppo_report` takes the
-same flags.
+the package).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from llama_course.alignment.ppo_train import (
     REWARDS,
@@ -33,6 +32,7 @@ from llama_course.alignment.ppo_train import (
     ppo_prompts,
     train_ppo,
 )
+from llama_course.alignment.sft import export_model
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import is_safety_prompt
@@ -160,16 +160,6 @@ def measure_experiments(output_dir: str | Path = "runs/ppo-experiments", seed: i
     return results
 
 
-def save_policy(model: Llama, folder: str | Path, card: dict[str, Any]) -> None:
-    """Write `model.safetensors` and `config.json` (the layout of the shipped models) into `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.detach().float().cpu().contiguous() for name, t in model.state_dict().items()},
-              folder / "model.safetensors")
-    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "card": card}
-    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course ppo` flags (defaults: `PPOConfig`)."""
     defaults = PPOConfig()
@@ -212,7 +202,7 @@ def run(args: argparse.Namespace) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         plot_ppo_metrics(history, Path(args.output_dir) / "metrics.png")
         if args.save is not None:
-            save_policy(models.policy, args.save, {"trained_from": args.policy, "ppo": dataclasses.asdict(config)})
+            export_model(models.policy, args.save, {"trained_from": args.policy, "ppo": dataclasses.asdict(config)})
     shutdown_distributed()
 
 

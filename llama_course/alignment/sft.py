@@ -201,7 +201,7 @@ def export_model(model: Llama, destination: str | Path, card: dict[str, Any]) ->
     """Write `model.safetensors` and `config.json` in the layout of `llama_course.pretrained` (toy tokenizer)."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, destination / "model.safetensors")
     config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "card": card}
     (destination / "config.json").write_text(json.dumps(config, indent=1) + "\n")
