@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_course.pipeline import Pipeline, Step, run_steps, write_json_atomic
+from llama_course.pretrained import ASSETS_DIR
 
 if TYPE_CHECKING:
     from llama_course.alignment.reward_train import RewardConfig
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 RESULTS_FILE = "evaluation_results.json"  # shipped as llama_course/assets/evaluation_results.json
 PRETRAIN_RECIPE = ASSETS_DIR / "base" / "pretrain.toml"
 SFT_RECIPE = ASSETS_DIR / "sft" / "sft.toml"

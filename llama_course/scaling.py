@@ -32,9 +32,10 @@ import torch
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.training.mfu import training_flops_per_token
 
-SHIPPED_RESULTS = Path(__file__).resolve().parent / "assets" / "scaling_results.json"
+SHIPPED_RESULTS = ASSETS_DIR / "scaling_results.json"
 _TOY = {"vocab_size": 1024, "multiple_of": 32, "max_seq_len": 512}
 SCALING_MODELS: dict[str, ModelConfig] = {
     "d32": ModelConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, **_TOY),

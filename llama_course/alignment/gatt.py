@@ -42,6 +42,7 @@ from llama_course.chat import Message, encode_dialog
 from llama_course.data import pack_token_lists
 from llama_course.generation import generate
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld.dialogues import adherence, generate_dialogues
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
@@ -245,7 +246,7 @@ def measure_recall(
 
 
 
-SHIPPED_RESULTS = Path(__file__).resolve().parent.parent / "assets" / "gatt_results.json"
+SHIPPED_RESULTS = ASSETS_DIR / "gatt_results.json"
 
 
 def load_gatt_results(path: str | Path = SHIPPED_RESULTS) -> dict:

@@ -34,11 +34,11 @@ from llama_course.alignment.ppo_train import (
 )
 from llama_course.alignment.sft import export_model
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import is_safety_prompt
 from llama_course.training.distributed import shutdown_distributed
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_RESULTS = ASSETS_DIR / "ppo_results.json"
 PLOTTED = (("rm_combined", "RM reward R_c (sigmoid)"), ("true_combined", "true reward (safety-first)"),
            ("true_helpfulness_tasks", "true helpfulness, tasks"), ("true_safety_unsafe", "true safety, unsafe"),

@@ -35,9 +35,9 @@ from llama_course.alignment.rejection import (
     true_reward,
 )
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_RESULTS = ASSETS_DIR / "rejection_results.json"
 
 

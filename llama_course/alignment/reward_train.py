@@ -31,11 +31,11 @@ from llama_course.alignment.reward import MARGINS, RewardModel, margin_table, pr
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import STRENGTHS, generate_preferences, generate_safety_prompts, generate_tasks
 from llama_course.training.trainer import Trainer, TrainerConfig
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_RMS = {"helpfulness": ASSETS_DIR / "rm_helpfulness", "safety": ASSETS_DIR / "rm_safety"}
 MARGIN_STUDY_FILE = "margins.json"
 

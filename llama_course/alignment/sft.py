@@ -40,11 +40,11 @@ from llama_course.alignment.sft_data import (
 )
 from llama_course.config import PRESETS
 from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.training.pretrain import build_section
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_SFT_DIR = ASSETS_DIR / "sft"
 RESULTS_FILE = "results.json"
 RANDOM_BASE = "random-tiny"  # an untrained tiny model: for tests and for a run before the base model exists

@@ -31,6 +31,7 @@ from llama_course.evaluation.judges import (
 )
 from llama_course.evaluation.ratings import consensus_ratings, outcome_of
 from llama_course.evaluation.safety import LIKERT_POINTS, safety_raters, safety_ratings, violation_rate
+from llama_course.pretrained import ASSETS_DIR
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def evaluate_answers(
     return {"settings": settings, "models": models, "comparisons": comparisons}
 
 
-SHIPPED_RESULTS = Path(__file__).resolve().parent.parent / "assets" / "evaluation_results.json"
+SHIPPED_RESULTS = ASSETS_DIR / "evaluation_results.json"
 
 
 def load_evaluation_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
