@@ -5,7 +5,7 @@ last column. Padding must not shift RoPE positions, so each sequence's positions
 only, and padded keys are masked out of attention.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -64,20 +64,18 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_stream(
+def decode(
     model: Llama,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
-    seed: int | None = None,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Yield the next token of every sequence, (B,), step by step; finished sequences yield `pad_id`.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The decoding loop: per step, yield the logits of every sequence's next token (B, V) and the token
+    `choose(logits)` picked, (B,), with `pad_id` in place of it for sequences that already produced `eos_id`.
 
     Stops after `max_new_tokens` steps or once every sequence has produced `eos_id`. With `use_cache=False`
     each step recomputes the whole prefix (the slow baseline that the KV cache removes).
@@ -94,32 +92,53 @@ def generate_stream(
             f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
             f"model's context of {model.config.max_seq_len}"
         )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
     positions = positions_from_mask(mask)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     cache = model.new_cache(len(prompts), total) if use_cache else None
     step_tokens, step_positions, step_mask = tokens, positions, mask
-    for _ in range(max_new_tokens):
-        logits = model(step_tokens, positions=step_positions, attention_mask=step_mask, cache=cache).logits
-        next_token = sample_next_token(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
-                                       generator=generator)
-        next_token = next_token.masked_fill(finished, pad_id)
-        yield next_token
-        if eos_id is not None:
-            finished |= next_token == eos_id
-            if bool(finished.all()):
-                return
-        next_position = positions[:, -1:] + 1
-        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-        positions = torch.cat([positions, next_position], dim=1)
-        mask = torch.cat([mask, torch.ones_like(next_position)], dim=1)
-        if use_cache:
-            step_tokens, step_positions, step_mask = next_token[:, None], next_position, None
-        else:
-            step_tokens, step_positions, step_mask = tokens, positions, mask
+    with model.output.decoding():  # a faster weight layout for the output head on CPUs (layers/output_head.py)
+        for _ in range(max_new_tokens):
+            logits = model(step_tokens, positions=step_positions, attention_mask=step_mask, cache=cache).logits[:, -1]
+            next_token = choose(logits).masked_fill(finished, pad_id)
+            yield logits, next_token
+            if eos_id is not None:
+                finished |= next_token == eos_id
+                if bool(finished.all()):
+                    return
+            next_position = positions[:, -1:] + 1
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            positions = torch.cat([positions, next_position], dim=1)
+            mask = torch.cat([mask, torch.ones_like(next_position)], dim=1)
+            if use_cache:
+                step_tokens, step_positions, step_mask = next_token[:, None], next_position, None
+            else:
+                step_tokens, step_positions, step_mask = tokens, positions, mask
 
+
+def generate_stream(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every sequence, (B,), step by step, sampled as `sample_next_token` says (greedy by
+    default); finished sequences yield `pad_id`. See `decode` for when it stops and `use_cache`."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.output.weight.device).manual_seed(seed)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+    for _, token in decode(model, prompts, max_new_tokens, choose, eos_id=eos_id, pad_id=pad_id, use_cache=use_cache):
+        yield token
 
 def generate(model: Llama, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
     """The new tokens of each prompt (its EOS included when produced), as lists; see `generate_stream`."""

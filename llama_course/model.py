@@ -20,6 +20,7 @@ from llama_course.config import ModelConfig
 from llama_course.layers.attention import Attention, causal_mask
 from llama_course.layers.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from llama_course.layers.kv_cache import KVCache
+from llama_course.layers.output_head import OutputHead
 from llama_course.layers.rmsnorm import RMSNorm
 from llama_course.layers.rope import rope_angles
 from llama_course.layers.swiglu import FeedForward
@@ -65,7 +66,7 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = OutputHead(config.dim, config.vocab_size)
         self.reset_parameters()
 
     @torch.no_grad()

@@ -43,6 +43,36 @@ def test_all_targets_ignored_gives_zero_not_nan():
     assert loss.item() == 0.0 and hidden.grad.abs().sum().item() == 0.0
 
 
+def test_no_rows_gives_zero_loss_and_zero_gradients():
+    hidden = torch.randn(0, 4, requires_grad=True)
+    weight = torch.randn(5, 4, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(weight.grad, torch.zeros(5, 4))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bfloat16_inputs_match_the_float64_computation(autocast):
+    """bf16 hidden states or CPU autocast take the converting matmul path; the softmax still runs in float32."""
+    torch.manual_seed(0)
+    hidden64, weight64 = torch.randn(12, 16, dtype=torch.float64), torch.randn(9, 16, dtype=torch.float64) * 0.3
+    targets = torch.randint(0, 9, (12,))
+    dtype = torch.float32 if autocast else torch.bfloat16
+    hidden = hidden64.to(dtype).requires_grad_()
+    weight = weight64.to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = linear_cross_entropy(hidden, weight, targets, chunk_size=5)
+    loss.backward()
+    reference_hidden = hidden.detach().double().requires_grad_()
+    reference_weight = weight.detach().double().requires_grad_()
+    expected = unfused(reference_hidden, reference_weight, targets, "mean")
+    expected.backward()
+    assert loss.dtype == torch.float32 and weight.grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), expected, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(weight.grad.double(), reference_weight.grad, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(hidden.grad.double(), reference_hidden.grad, rtol=0.05, atol=0.02)
+
+
 def test_bad_arguments():
     hidden, weight, targets = torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="reduction='max'"):

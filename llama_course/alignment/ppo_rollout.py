@@ -8,7 +8,7 @@ per quantity so every later pass reads the same tokens:
 Pitfalls this module is built around (PAPER_FACTS.md, "known pitfalls"):
 - Left padding shifts nothing: RoPE positions count each row's real tokens (`positions_from_mask`) and
   padded keys are masked, in sampling and in every later forward pass alike.
-- The pad token is not the EOS token (`generate_stream` refuses it), so "ended" means an EOS was sampled.
+- The pad token is not the EOS token (`generation.decode` refuses it), so "ended" means an EOS was sampled.
 - Log-probabilities are those of the distribution sampled from, softmax(logits / T): they are recorded
   during sampling (`sample_with_logprobs`, with the KV cache) and equal a fresh forward pass
   (`response_logprobs`) up to rounding; no top-k / top-p, which would change the distribution.
@@ -28,7 +28,7 @@ from torch import nn
 from llama_course.alignment.ppo import entropy, token_logprobs
 from llama_course.alignment.reward import RewardModel
 from llama_course.chat import encode_dialog
-from llama_course.generation import left_pad, positions_from_mask, sample_next_token
+from llama_course.generation import decode, left_pad, positions_from_mask, sample_next_token
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 
@@ -89,34 +89,22 @@ def sample_with_logprobs(model: Llama, prompts: Sequence[Sequence[int]], max_new
     """Sample one response per prompt with the KV cache; return the tokens, their log-probabilities and the
     entropies of the sampled distributions, per row, each up to and including its EOS.
 
-    The same loop as `generation.generate_stream` (left padding, positions counting real tokens, one
-    cached step per token), keeping what PPO needs from each step's logits.
+    The loop of `generate` (`generation.decode`: left padding, positions counting real tokens, one cached
+    step per token), keeping what PPO needs from each step's logits.
     """
-    if eos_id == pad_id:
-        raise ValueError(f"pad_id={pad_id} equals eos_id: a padded row would read as ended; use another pad id")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    device = model.output.weight.device
-    tokens, mask = left_pad(prompts, pad_id, device)
-    if tokens.shape[1] + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"model's context of {model.config.max_seq_len}; lower max_new_tokens")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    positions = positions_from_mask(mask)
-    cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    if eos_id == pad_id:
+        raise ValueError(f"pad_id={pad_id} equals eos_id: a padded row would read as ended; use another pad id")
+    generator = torch.Generator(device=model.output.weight.device).manual_seed(seed)
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    step_tokens, step_positions, step_mask = tokens, positions, mask
-    for _ in range(max_new_tokens):
-        logits = model(step_tokens, positions=step_positions, attention_mask=step_mask, cache=cache).logits[:, -1]
-        next_token = sample_next_token(logits, temperature=temperature, generator=generator)  # (B,)
-        steps.append((next_token, token_logprobs(logits, next_token, temperature), entropy(logits, temperature),
-                      ~finished))
-        finished = finished | (next_token == eos_id)
-        if bool(finished.all()):
-            break
-        step_positions = step_positions[:, -1:] + 1
-        step_tokens, step_mask = next_token[:, None], None
+    finished = None
+    for logits, token in decode(model, prompts, max_new_tokens,
+                                lambda logits: sample_next_token(logits, temperature=temperature, generator=generator),
+                                eos_id=eos_id, pad_id=pad_id):
+        finished = torch.zeros_like(token, dtype=torch.bool) if finished is None else finished
+        steps.append((token, token_logprobs(logits, token, temperature), entropy(logits, temperature), ~finished))
+        finished = finished | (token == eos_id)
     chosen, logprobs, entropies, alive = (torch.stack(column, dim=1).cpu() for column in zip(*steps, strict=True))
     lengths = alive.sum(dim=1).tolist()
     return ([chosen[row, :n].tolist() for row, n in enumerate(lengths)],
