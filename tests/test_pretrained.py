@@ -84,12 +84,14 @@ def test_base_predicts_held_out_stories_far_better_than_unigram_statistics(base)
     assert abs(model_loss - pretrained_card("base")["card"]["validation_loss"]) < 0.15
 
 
-def test_base_samples_are_mostly_valid_stories(base):
+def test_base_samples_at_temperature_one_are_at_least_90_percent_valid_sentences(base):
+    """The shipped model's bar (issue: at least 90% of sampled sentences valid), drawn from its own distribution
+    with a seed the card's score (seed 0) does not use."""
     model, tokenizer = base
-    stories = sample_stories(model, tokenizer, 12, temperature=0.5, seed=3)
+    stories = sample_stories(model, tokenizer, 48, temperature=1.0, seed=3)
     score = grammar_score(stories)
-    assert score.sentences >= 60
-    assert score.fraction >= 0.8, score
+    assert score.sentences >= 400
+    assert score.fraction >= 0.9, score
 
 
 def test_all_shipped_checkpoints_fit_the_size_budget():
