@@ -112,7 +112,8 @@ def build_preferences(config: RewardConfig, model: Llama, tokenizer: Tokenizer
         train = datasets.concatenate_datasets([train, sampled.select_columns(columns)])
     if config.criterion == "safety" and config.helpfulness_mix:
         # Llama 2 (3.2.2) mixes 10% helpfulness data into the safety RM's: without it the RM never sees an
-        # ordinary task and scores most task answers as unsafe (measured: 69% below the 0.15 threshold).
+        # ordinary task and scores many task answers as unsafe (measured: 45% below the 0.15 threshold; with the
+        # mix, 5%).
         n_helpful = round(len(train) * config.helpfulness_mix / (1.0 - config.helpfulness_mix))
         helpful = generate_preferences(n_helpful, seed=config.seed + 2000, criterion="helpfulness",
                                        noise_scale=config.noise_scale).select_columns(columns)
