@@ -9,13 +9,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_a_short_run_raises_the_reward_models_score_of_held_out_answers(tmp_path):
     models, tokenizer = load_ppo_models()
-    # Unsafe and borderline requests judged by the helpfulness RM alone: the SFT model refuses the unsafe ones,
-    # which that RM dislikes, so there is a clear direction to learn in a few iterations.
-    config = PPOConfig(iterations=8, batch_size=32, minibatch_size=16, max_new_tokens=24, reward="helpfulness",
-                       lr=3e-4, beta=0.05, seed=0)
-    held_out = ppo_prompts(32, seed=9, safety_fraction=1.0)
+    # Task prompts under Llama 2's safety-first reward (the helpfulness RM, unless the safety RM objects), with no
+    # KL penalty so that the reward alone decides, and a learning rate twice chapter 13's so that 16 iterations
+    # suffice: the held-out score must rise clearly (measured: 0.731 -> 0.760).
+    config = PPOConfig(iterations=16, batch_size=32, minibatch_size=16, max_new_tokens=24, lr=1e-4, beta=0.0,
+                       seed=0)
+    held_out = ppo_prompts(32, seed=9, safety_fraction=0.0)
     before = evaluate_policy(models, tokenizer, held_out, config, samples=2)
-    history = train_ppo(models, tokenizer, ppo_prompts(400, seed=8, safety_fraction=1.0), config, tmp_path)
+    history = train_ppo(models, tokenizer, ppo_prompts(400, seed=8, safety_fraction=0.0), config, tmp_path)
     after = evaluate_policy(models, tokenizer, held_out, config, samples=2)
     assert after["rm_combined"] > before["rm_combined"] + 0.02, (before, after)
     assert history[-1]["kl_k1"] > 0.1 and after["kl_k1"] > 0.1, "the policy moved away from the reference"
