@@ -96,13 +96,13 @@ def sample_with_logprobs(model: Llama, prompts: Sequence[Sequence[int]], max_new
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if eos_id == pad_id:
         raise ValueError(f"pad_id={pad_id} equals eos_id: a padded row would read as ended; use another pad id")
-    generator = torch.Generator(device=model.output.weight.device).manual_seed(seed)
+    device = model.output.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    finished = None
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for logits, token in decode(model, prompts, max_new_tokens,
                                 lambda logits: sample_next_token(logits, temperature=temperature, generator=generator),
                                 eos_id=eos_id, pad_id=pad_id):
-        finished = torch.zeros_like(token, dtype=torch.bool) if finished is None else finished
         steps.append((token, token_logprobs(logits, token, temperature), entropy(logits, temperature), ~finished))
         finished = finished | (token == eos_id)
     chosen, logprobs, entropies, alive = (torch.stack(column, dim=1).cpu() for column in zip(*steps, strict=True))
