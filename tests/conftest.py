@@ -1,13 +1,11 @@
 """Fixtures shared by the test files."""
 
 import pytest
-import torch
+from local_processes import single_thread
 
 
 @pytest.fixture
 def one_thread():
-    """Tiny matmuls are far faster on one thread than fighting other processes for two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Each test that asks for it runs on one thread (`local_processes.single_thread`)."""
+    with single_thread():
+        yield

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from local_processes import free_port, set_process_env
+from local_processes import free_port, set_process_env, single_thread
 from test_training import train
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -51,16 +51,12 @@ def _worker(rank: int, port: int, root: str) -> None:
 def runs(tmp_path_factory):
     """Single-process references, then the 2-process scenarios, then 1-process resumption of a sharded save."""
     root = tmp_path_factory.mktemp("distributed")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         single_trainer, single = train(root / "single")
         train(root / "single_saved_at_3", until_step=3)
         mp.spawn(_worker, args=(free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
         results = torch.load(root / "results.pt", weights_only=True)
         resumed_trainer, resumed = train(root / "fsdp_saved_at_3", seed=123)
-    finally:
-        torch.set_num_threads(threads)
     return {
         "root": root,
         "single": {"losses": single.losses, "state": single_trainer.raw_model.state_dict()},

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from local_processes import free_port, set_process_env
+from local_processes import free_port, set_process_env, single_thread
 
 from llama_course.alignment.ppo_train import PPOConfig, load_ppo_models, ppo_prompts, train_ppo
 
@@ -40,13 +40,9 @@ def _worker(rank: int, port: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         single = _run(root / "one")
         mp.spawn(_worker, args=(free_port(), str(root)), nprocs=WORLD_SIZE, join=True)
-    finally:
-        torch.set_num_threads(threads)
     ranks = [torch.load(root / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
     return {"root": root, "single": single, "ranks": ranks}
 

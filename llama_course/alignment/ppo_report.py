@@ -33,6 +33,7 @@ from llama_course.alignment.ppo_train import (
     train_ppo,
 )
 from llama_course.alignment.sft import export_model
+from llama_course.cli import add_config_flags
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -168,10 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shipped RM name or a folder written by `train-rm --export`")
     parser.add_argument("--safety-rm", default="safety",
                         help="shipped RM name or a folder written by `train-rm --export`")
-    for name in ("iterations", "batch_size", "minibatch_size", "max_new_tokens", "chunk_size", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "value_lr", "beta", "temperature", "missing_eos_penalty", "safety_threshold"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    add_config_flags(parser, defaults, int,
+                     ("iterations", "batch_size", "minibatch_size", "max_new_tokens", "chunk_size", "seed"))
+    add_config_flags(parser, defaults, float,
+                     ("lr", "value_lr", "beta", "temperature", "missing_eos_penalty", "safety_threshold"))
     parser.add_argument("--reward", choices=REWARDS, default=defaults.reward,
                         help="safety-first (Llama 2), helpfulness (RM alone), true (the toy world's oracle)")
     parser.add_argument("--prompts", type=int, default=2000, help="size of the training prompt pool")

@@ -34,6 +34,7 @@ from llama_course.alignment.rejection import (
     reward_model_scorer,
     true_reward,
 )
+from llama_course.cli import add_config_flags
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -111,8 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", help="distillation: a model fine-tuned on the policy's best answers instead")
     parser.add_argument("--prompts", type=int, default=128, help="training prompts (toy-world tasks)")
     parser.add_argument("--held-out", type=int, default=32, help="held-out prompts for greedy evaluation")
-    for name in ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    add_config_flags(parser, defaults, int,
+                     ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"))
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
     parser.add_argument("--no-pool", action="store_true", help="train each iteration on its own best answers only")

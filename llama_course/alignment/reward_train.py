@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from llama_course.alignment.reward import MARGINS, RewardModel, margin_table, preference_loss, score_responses
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
+from llama_course.cli import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
@@ -236,8 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", choices=list(MARGINS), default=defaults.margin, help="Table 27 margin")
     parser.add_argument("--base", default=defaults.base, help="auto (sft if shipped, else base), a shipped model "
                         "name, an exported folder, a training run, or random-tiny")
-    for name in ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    add_config_flags(parser, defaults, int, ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"))
     parser.add_argument("--helpfulness-mix", type=float, default=defaults.helpfulness_mix,
                         help="safety RM: share of helpfulness pairs in its data (paper: 0.1)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the pairs (paper: 1)")
