@@ -6,6 +6,7 @@ heads for Llama 2 70B only.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,13 +45,14 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} (dim / n_heads) must be even for rotary embeddings")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps={self.norm_eps} must be positive")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"ffn_dim_multiplier={self.ffn_dim_multiplier} must be positive or None")
-        if self.attention_backend not in ATTENTION_BACKEND_NAMES:
+        for name in ("norm_eps", "rope_theta", "ffn_dim_multiplier"):
+            value = getattr(self, name)
+            if name == "ffn_dim_multiplier" and value is None:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive finite number"
+                                 + (" or None" if name == "ffn_dim_multiplier" else ""))
+        if not isinstance(self.attention_backend, str) or self.attention_backend not in ATTENTION_BACKEND_NAMES:
             raise ValueError(
                 f"attention_backend={self.attention_backend!r} is unknown; choose one of {ATTENTION_BACKEND_NAMES}"
             )
@@ -69,6 +71,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a model config must be a JSON object of fields, got {type(values).__name__}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -21,16 +21,17 @@ writes `config.json`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
+from llama_course.model_files import load_model_weights, read_json
 from llama_course.tokenizer import Tokenizer
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -63,7 +64,11 @@ def pretrained_card(name: str = "base") -> dict[str, Any]:
 def _tokenizer(spec: str, folder: Path) -> Tokenizer:
     from llama_course.toyworld import toy_tokenizer
 
-    return toy_tokenizer() if spec == "toy" else Tokenizer(folder / spec)
+    if spec == "toy":
+        return toy_tokenizer()
+    if not isinstance(spec, str) or Path(spec).name != spec:
+        raise ValueError(f"tokenizer={spec!r} in {folder / CONFIG_FILE} must be 'toy' or a file name inside {folder}")
+    return Tokenizer(folder / spec)
 
 
 def load_pretrained_folder(
@@ -74,12 +79,16 @@ def load_pretrained_folder(
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{str(folder)!r} needs {CONFIG_FILE} and {WEIGHTS_FILE}: export a run into it with "
                                 "`python -m llama_course.pretrained export RUN_DIR FOLDER`")
-    card = json.loads((folder / CONFIG_FILE).read_text())
-    values = dict(card["model_config"])
+    card = read_json(folder / CONFIG_FILE)
+    for key in ("model_config", "tokenizer"):
+        if key not in card:
+            raise ValueError(f"{folder / CONFIG_FILE} lacks {key!r}: write the folder with an export command")
+    config = ModelConfig.from_dict(card["model_config"])
     if attention_backend is not None:
-        values["attention_backend"] = attention_backend
-    model = Llama(ModelConfig.from_dict(values))
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
+        config = dataclasses.replace(config, attention_backend=attention_backend)
+    weights = load_model_weights(folder / WEIGHTS_FILE, config)  # checked against the config first
+    model = Llama(config)
+    model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), _tokenizer(card["tokenizer"], folder)
 
 
@@ -157,8 +166,24 @@ def rescore_pretrained(
     return scores
 
 
+def consolidate_sharded(checkpoint: str | Path, destination: str | Path) -> Path:
+    """A sharded (FSDP) checkpoint, or a run's newest, rewritten as `model.safetensors` + `trainer_state.json`
+    (`training.checkpoint.consolidate_checkpoint`); only for checkpoints you wrote (their pickles are read)."""
+    from llama_course.training.checkpoint import consolidate_checkpoint, read_trainer_state, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    model = Llama(ModelConfig.from_dict(read_trainer_state(checkpoint)["metadata"].get("model_config")))
+    return consolidate_checkpoint(checkpoint, model, destination)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="action", required=True)
+    consolidate = commands.add_parser(
+        "consolidate", help="rewrite a sharded (FSDP) checkpoint as one safetensors file that is safe to share")
+    consolidate.add_argument("checkpoint", type=Path, help="a sharded checkpoint directory, or a run directory")
+    consolidate.add_argument("destination", type=Path, help="a new folder (model.safetensors + trainer_state.json)")
+    consolidate.add_argument("--trust-pickle", action="store_true",
+                             help="confirm that you wrote the checkpoint: its .metadata is a pickle that can run code")
     export = commands.add_parser("export", help="copy a pretraining run's final weights into a shipped folder")
     export.add_argument("run_dir", type=Path, help="the pretraining run's output directory")
     export.add_argument("destination", type=Path, help="e.g. llama_course/assets/base")
@@ -172,6 +197,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.action == "consolidate":
+        if not args.trust_pickle:
+            raise ValueError(f"reading {str(args.checkpoint)!r} unpickles its Distributed Checkpoint metadata, which "
+                             "can run code: pass --trust-pickle if you wrote it yourself")
+        print(f"wrote {consolidate_sharded(args.checkpoint, args.destination)}: model.safetensors and "
+              "trainer_state.json, loadable with --checkpoint / load_trained_model")
+        return
     if args.action == "rescore":
         for temperature, score in rescore_pretrained(args.folder, args.temperatures, samples=args.samples,
                                                      seed=args.seed).items():

@@ -25,13 +25,14 @@ from typing import Any
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llama_course.alignment.reward import MARGINS, RewardModel, margin_table, preference_loss, score_responses
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
 from llama_course.cli import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
+from llama_course.model_files import load_model_weights, read_json
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import STRENGTHS, generate_preferences, generate_safety_prompts, generate_tasks
@@ -124,22 +125,30 @@ def build_preferences(config: RewardConfig, model: Llama, tokenizer: Tokenizer
     return train, held_out
 
 
-def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None
-                       ) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
+def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None,
+                       start: RewardModel | None = None) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
     """Train an RM from `config.base` with the margin ranking loss; returns it (eval, CPU), its tokenizer and
-    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs."""
+    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs;
+    `start` continues training that RM (e.g. the previous round's) instead of a new head on `config.base`.
+    """
     from llama_course.alignment.sft import load_base_model
+    from llama_course.toyworld import toy_tokenizer
 
     torch.manual_seed(config.seed)
-    backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
-    if data is None:
-        data = build_preferences(config, backbone, tokenizer)
+    if start is not None:
+        if data is None:
+            raise ValueError("continuing an RM (start=...) needs its training pairs: pass data=(train, held_out)")
+        model, tokenizer = start, toy_tokenizer()
+    else:
+        backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
+        if data is None:
+            data = build_preferences(config, backbone, tokenizer)
+        model = RewardModel(backbone, tokenizer.eos_id)
     train, held_out = data
-    model = RewardModel(backbone, tokenizer.eos_id)
     trainer_config = config.trainer_config(len(train))
     trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
                       config.output_dir, loss_fn=preference_loss(config.margin),
-                      metadata={"model_config": backbone.config.to_dict(), "reward_config": dataclasses.asdict(config)})
+                      metadata={"model_config": model.config.to_dict(), "reward_config": dataclasses.asdict(config)})
     result = trainer.fit()
     model = trainer.raw_model.cpu().eval()
     card = {"reward_config": dataclasses.asdict(config) | {"base": config.resolved_base()},
@@ -182,9 +191,15 @@ def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, To
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"no reward model at {str(folder)!r}; the shipped ones are {list(SHIPPED_RMS)}, "
                                 "trained by `llama-course train-rm --criterion C --export FOLDER`")
-    config = json.loads((folder / "config.json").read_text())
-    model = RewardModel(Llama(ModelConfig.from_dict(config["model_config"])), int(config["eos_id"]))
-    model.backbone.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    config = read_json(folder / "config.json")
+    model_config = ModelConfig.from_dict(config.get("model_config"))
+    eos_id = config.get("eos_id")
+    if not isinstance(eos_id, int) or not 0 <= eos_id < model_config.vocab_size:
+        raise ValueError(f"{folder / 'config.json'} has eos_id={eos_id!r}: it must be a token id below "
+                         f"vocab_size={model_config.vocab_size}")
+    weights = load_model_weights(folder / "model.safetensors", model_config, output_rows=1)  # checked first
+    model = RewardModel(Llama(model_config), eos_id)
+    model.backbone.load_state_dict(weights, strict=True)
     return model.eval(), toy_tokenizer()
 
 

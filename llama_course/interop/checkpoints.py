@@ -1,6 +1,8 @@
 """Read and write checkpoint folders: Hugging Face (config.json + safetensors) and Meta (params.json + .pth shards).
 
-Weights are read with safetensors or `torch.load(weights_only=True)` only: a full pickle can run arbitrary code.
+Weights are read with safetensors or `torch.load(weights_only=True)` only (`model_files`): a full pickle can run
+arbitrary code. A sharded folder's `*.index.json` may only name shard files inside the folder, and a tensor may
+live in one shard only. The config's layer count is checked against the weights before any model is built.
 `transformers` is never imported here; the folders written are the ones `from_pretrained` reads.
 Writes are atomic: the folder is assembled under a temporary name next to its destination, then renamed.
 """
@@ -25,31 +27,51 @@ from llama_course.interop.configs import (
     model_config_from_meta_params,
 )
 from llama_course.interop.state_dicts import (
-    StateDict,
-    check_state_dict,
-    expected_shapes,
     from_hf_state_dict,
     merge_meta_shards,
     split_meta_shards,
     to_hf_state_dict,
 )
 from llama_course.model import Llama
+from llama_course.model_files import (
+    StateDict,
+    check_layer_count,
+    check_single_dtype,
+    check_state_dict,
+    expected_shapes,
+    load_tensor_file,
+    read_json,
+    read_safetensors_header,
+    shortlist,
+)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {path.parent} a checkpoint folder?")
-    with path.open() as file:
-        return json.load(file)
-
-
-def _load_weight_file(path: Path) -> StateDict:
+def _load_weight_file(path: Path, *, mmap: bool = False) -> StateDict:
     if path.suffix == ".safetensors":
+        read_safetensors_header(path)  # a clear error for a truncated or garbage file
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = load_tensor_file(path, mmap=mmap)
+    if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise ValueError(f"{path} is not a state dict (a dict of tensors)")
+    return state_dict
+
+
+def _shard_paths(folder: Path, index_path: Path, weight_map: object) -> dict[str, Path]:
+    """Tensor name -> shard file of an `*.index.json` weight map; every shard must lie inside `folder`."""
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index_path}'s weight_map must map tensor names to shard file names")
+    root = folder.resolve()
+    paths = {}
+    for name, shard in weight_map.items():
+        path = (folder / shard).resolve()
+        if Path(shard).is_absolute() or not path.is_relative_to(root):
+            raise ValueError(f"{index_path} names the shard {shard!r} for {name!r}, outside the checkpoint folder "
+                             f"{folder}: refusing to read it (shards must be files inside the folder)")
+        paths[name] = path
+    return paths
 
 
 def read_hf_state_dict(folder: str | os.PathLike) -> StateDict:
@@ -61,13 +83,20 @@ def read_hf_state_dict(folder: str | os.PathLike) -> StateDict:
             continue
         if not name.endswith(".index.json"):
             return _load_weight_file(path)
-        weight_map = _read_json(path)["weight_map"]
-        state_dict = {}
-        for shard in sorted(set(weight_map.values())):
-            state_dict.update(_load_weight_file(folder / shard))
-        missing = sorted(set(weight_map) - set(state_dict))
+        shard_paths = _shard_paths(folder, path, read_json(path).get("weight_map"))
+        state_dict: StateDict = {}
+        source: dict[str, Path] = {}
+        for shard in sorted(set(shard_paths.values())):
+            tensors = _load_weight_file(shard)
+            duplicated = sorted(set(tensors) & set(state_dict))
+            if duplicated:
+                raise ValueError(f"the shards {source[duplicated[0]].name} and {shard.name} of {folder} both hold "
+                                 f"{shortlist(duplicated)}: a tensor must live in one shard only")
+            state_dict.update(tensors)
+            source.update(dict.fromkeys(tensors, shard))
+        missing = sorted(set(shard_paths) - set(state_dict))
         if missing:
-            raise ValueError(f"{path} lists tensors that its shards do not contain: {missing[:8]}")
+            raise ValueError(f"{path} lists tensors that its shards do not contain: {shortlist(missing)}")
         return state_dict
     raise FileNotFoundError(f"no weights in {folder}: expected one of {list(HF_WEIGHT_FILES)}")
 
@@ -95,9 +124,17 @@ def load_hf_checkpoint(
     or wrongly shaped tensor.
     """
     folder = Path(path)
-    config = model_config_from_hf(_read_json(folder / "config.json"), attention_backend=attention_backend)
-    state_dict = from_hf_state_dict(read_hf_state_dict(folder), config)
+    config = model_config_from_hf(read_json(folder / "config.json"), attention_backend=attention_backend)
+    hf_state_dict = read_hf_state_dict(folder)
+    _check_weights(hf_state_dict, config, f"the Hugging Face checkpoint in {folder}")
+    state_dict = from_hf_state_dict(hf_state_dict, config)
     return _model_from_state_dict(config, state_dict, dtype, device)
+
+
+def _check_weights(state_dict: StateDict, config: ModelConfig, source: str) -> None:
+    """Cheap checks before any model is built from `config`: the layer count and a single dtype."""
+    check_layer_count(state_dict, config, source)
+    check_single_dtype({name: tensor.dtype for name, tensor in state_dict.items()}, source)
 
 
 @contextlib.contextmanager
@@ -166,14 +203,15 @@ def load_meta_checkpoint(
     `max_seq_len` is not in Meta's file: pass 2048 (Llama 1) or 4096 (Llama 2); the default is ModelConfig's.
     """
     folder = Path(folder)
-    params = _read_json(folder / "params.json")
+    params = read_json(folder / "params.json")
     # mmap: a 13 GB shard is paged in as tensors are used instead of being read into memory first.
-    shards = [torch.load(path, map_location="cpu", weights_only=True, mmap=True) for path in _meta_shard_paths(folder)]
+    shards = [_load_weight_file(path, mmap=True) for path in _meta_shard_paths(folder)]
     state_dict = merge_meta_shards(shards)
     if vocab_size is None and params.get("vocab_size", -1) == -1 and "tok_embeddings.weight" in state_dict:
         vocab_size = state_dict["tok_embeddings.weight"].shape[0]
     config = model_config_from_meta_params(params, vocab_size=vocab_size, max_seq_len=max_seq_len,
                                            attention_backend=attention_backend)
+    _check_weights(state_dict, config, f"the Meta checkpoint in {folder}")
     check_state_dict(state_dict, expected_shapes(config), f"the Meta checkpoint in {folder}")
     return _model_from_state_dict(config, state_dict, dtype, device)
 

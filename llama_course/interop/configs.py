@@ -15,6 +15,8 @@ from llama_course.layers.swiglu import ffn_hidden_dim
 # config.json keys that our exports add so that a round trip gives back the same FFN rule (HF ignores them).
 HF_RULE_KEYS = ("multiple_of", "ffn_dim_multiplier")
 
+HF_REQUIRED_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
+
 # params.json keys Meta's reference code reads; `max_batch_size` only sizes its KV cache.
 META_PARAM_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
                    "norm_eps", "rope_theta", "max_seq_len", "max_batch_size")
@@ -67,6 +69,12 @@ def model_config_from_hf(hf: dict[str, Any], *, attention_backend: str = "sdpa")
         "mlp_bias": (False, "Llama has no biases"),
         "hidden_act": ("silu", "the SwiGLU FFN gates with SiLU"),
     }
+    missing = [key for key in HF_REQUIRED_KEYS if key not in hf]
+    if missing:
+        raise ValueError(f"config.json lacks {missing}: is it the config of a LlamaForCausalLM?")
+    for key in HF_REQUIRED_KEYS:
+        if not isinstance(hf[key], int) or isinstance(hf[key], bool) or hf[key] <= 0:
+            raise ValueError(f"config.json has {key}={hf[key]!r}: it must be a positive integer")
     for key, (expected, reason) in checks.items():
         if key in hf and hf[key] != expected:
             raise ValueError(f"{key}={hf[key]!r} is not supported ({reason}); it must be {expected!r}")

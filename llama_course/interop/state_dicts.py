@@ -16,9 +16,7 @@ import torch
 
 from llama_course.config import ModelConfig
 from llama_course.layers.rope import permute_hf_to_meta, permute_meta_to_hf
-from llama_course.model import Llama
-
-StateDict = dict[str, torch.Tensor]
+from llama_course.model_files import StateDict, check_state_dict, expected_shapes, shortlist
 
 # (llama_course / Meta name, Hugging Face name); "{i}" is the layer index.
 _NAME_PAIRS = (
@@ -55,34 +53,6 @@ _META_SHARD_DIM = {
     "attention_norm.weight": None,
     "ffn_norm.weight": None,
 }
-
-
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter of `Llama(config)` (built on the meta device: no memory, no time)."""
-    with torch.device("meta"):
-        model = Llama(config)
-    return {name: tuple(param.shape) for name, param in model.state_dict().items()}
-
-
-def check_state_dict(state_dict: StateDict, expected: dict[str, tuple[int, ...]], source: str) -> None:
-    """Raise a ValueError naming every missing, unexpected or wrongly shaped tensor of `state_dict`."""
-    problems = []
-    missing = [name for name in expected if name not in state_dict]
-    unexpected = [name for name in state_dict if name not in expected]
-    if missing:
-        problems.append(f"missing tensors {_shortlist(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors {_shortlist(unexpected)}")
-    for name, shape in expected.items():
-        if name in state_dict and tuple(state_dict[name].shape) != shape:
-            problems.append(f"tensor {name!r} has shape {tuple(state_dict[name].shape)}, expected {shape}")
-    if problems:
-        raise ValueError(f"{source} does not match the model config: " + "; ".join(problems))
-
-
-def _shortlist(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(name) for name in names[:limit])
-    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
 def drop_derived_buffers(state_dict: StateDict) -> StateDict:
@@ -147,7 +117,7 @@ def merge_meta_shards(shards: list[StateDict]) -> StateDict:
     for index, shard in enumerate(shards[1:], start=1):
         if shard.keys() != shards[0].keys():
             differing = sorted(set(shard) ^ set(shards[0]))
-            raise ValueError(f"shard {index} holds different tensors than shard 0: {_shortlist(differing)}")
+            raise ValueError(f"shard {index} holds different tensors than shard 0: {shortlist(differing)}")
     merged = {}
     for name, first in shards[0].items():
         dim = _meta_shard_dim(name)

@@ -14,6 +14,11 @@ A checkpoint is a directory `checkpoints/step_00000100/` holding
 Atomicity: everything is written into a hidden `.tmp-step_...` directory which is renamed into place only when
 complete. A rename is atomic, so a kill at any moment leaves either the old set of checkpoints or the new
 one, never half a checkpoint; `latest_checkpoint` ignores leftover temporary directories.
+
+Trust: the full format is read with safetensors and `torch.load(weights_only=True)` only, so a downloaded
+checkpoint cannot run code. Distributed Checkpoint's `.metadata` (and its non-tensor items) are plain
+pickles, which can: a sharded checkpoint is read only with `trusted=True`, which a training run passes when it
+resumes from its own output directory. `consolidate_checkpoint` turns one into a safe single-file checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from llama_course.model_files import load_tensor_file, read_json, read_safetensors_header
 from llama_course.training.distributed import barrier
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -55,6 +61,15 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`path` itself when it is a checkpoint directory, else the newest checkpoint of the run directory `path`."""
+    path = Path(path)
+    checkpoint = path if (path / "trainer_state.json").exists() else latest_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint nor a run directory with checkpoints")
+    return checkpoint
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -62,9 +77,14 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor) or "python" not in state:
+        raise ValueError(f"{path} is not a random-number-generator state written by save_checkpoint")
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    try:
+        random.setstate(tuple(state["python"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds an invalid Python random state ({error})") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -117,28 +137,49 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     state_file = Path(path) / "trainer_state.json"
     if not state_file.exists():
         raise FileNotFoundError(f"{str(path)!r} is not a checkpoint directory (it has no trainer_state.json)")
-    return json.loads(state_file.read_text())
+    state = read_json(state_file)
+    for key, kind in (("step", int), ("tokens", int), ("data", dict), ("metadata", dict)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{state_file} has {key}={state.get(key)!r}; it must be a {kind.__name__}: the file is "
+                             "damaged or was not written by save_checkpoint")
+    return state
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether a checkpoint directory holds the sharded (Distributed Checkpoint) format."""
+    return not (Path(path) / "model.safetensors").exists() and (Path(path) / "sharded").is_dir()
+
+
+def untrusted_sharded_message(path: str | Path) -> str:
+    return (f"{str(path)!r} is a sharded (Distributed Checkpoint) checkpoint: its .metadata is a pickle that can run "
+            "code, so it is only read to resume the training run that wrote it. If you wrote it yourself, make a "
+            f"single-file copy that is safe to share and load: llama-course pretrained consolidate {path} "
+            "DESTINATION --trust-pickle")
 
 
 def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, rank: int = 0,
-    world_size: int = 1,
+    world_size: int = 1, trusted: bool = False,
 ) -> dict[str, Any]:
     """Restore model and optimizer (in place) from either format, onto any sharding; returns the trainer state.
 
     The RNG states are restored when the checkpoint was written by as many processes as read it.
     With `optimizer=None` only the weights are loaded (e.g. to sample from a trained model).
+    `trusted=True` allows the sharded format, whose pickles can run code (see the module docstring).
     """
     path = Path(path)
     trainer_state = read_trainer_state(path)
     optimizers = [optimizer] if optimizer is not None else []
     if (path / "model.safetensors").exists():
         full = StateDictOptions(full_state_dict=True)
+        read_safetensors_header(path / "model.safetensors")  # a clear error for a truncated or garbage file
         model_state = load_file(path / "model.safetensors")
-        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True) if optimizer is not None else {}
+        optimizer_state = load_tensor_file(path / "optimizer.pt") if optimizer is not None else {}
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state,
                        options=full)
     elif (path / "sharded").is_dir():
+        if not trusted:
+            raise ValueError(untrusted_sharded_message(path))
         # Templates with this process's sharding; DCP fills them from whichever shards overlap them.
         model_state, optimizer_state = get_state_dict(model, optimizers)
         state = {"model": model_state}
@@ -151,5 +192,27 @@ def load_checkpoint(
         raise FileNotFoundError(f"{str(path)!r} holds neither model.safetensors nor a sharded/ checkpoint")
     rng_file = path / f"rng_rank{rank}.pt"
     if trainer_state.get("world_size") == world_size and rng_file.exists():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(load_tensor_file(rng_file), rng_file)
     return trainer_state
+
+
+def consolidate_checkpoint(source: str | Path, model: nn.Module, destination: str | Path) -> Path:
+    """Rewrite a sharded checkpoint as a single-file one that is safe to share: `model.safetensors` and
+    `trainer_state.json` (no optimizer or RNG states: for sampling and fine-tuning, not for resuming).
+
+    `model` is an unsharded model of the checkpoint's architecture. Reading `source` unpickles its metadata:
+    call this only for checkpoints you wrote. The destination is written atomically and must not exist.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.exists():
+        raise FileExistsError(f"{str(destination)!r} already exists; choose a new destination folder")
+    trainer_state = read_trainer_state(source)
+    load_checkpoint(source, model, None, trusted=True)
+    temporary = destination.with_name(f".tmp-{destination.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()},
+              temporary / "model.safetensors")
+    (temporary / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    temporary.rename(destination)
+    return destination

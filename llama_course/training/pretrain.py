@@ -31,7 +31,13 @@ import torch
 
 from llama_course.config import PRESETS, ModelConfig
 from llama_course.model import Llama
-from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state
+from llama_course.model_files import load_model_weights
+from llama_course.training.checkpoint import (
+    is_sharded,
+    read_trainer_state,
+    resolve_checkpoint,
+    untrusted_sharded_message,
+)
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
 
 
@@ -97,8 +103,9 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
+def read_config_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of a TOML (`.toml`) or JSON file, with `section.key=value` overrides applied (values parsed as
+    TOML, a bare word as a string); any run's config dataclass is then built from them."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -119,7 +126,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for section in sections:
             table = table.setdefault(section, {})
         table[name] = value
-    return PretrainConfig.from_dict(values)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
+    return PretrainConfig.from_dict(read_config_values(path, overrides))
 
 
 def _load_tokenizer(spec: str):
@@ -173,14 +185,22 @@ def run_pretraining(config: PretrainConfig) -> TrainingResult:
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> Llama:
-    """The `Llama` of a checkpoint directory, or of the newest checkpoint of a run directory (either format)."""
-    path = Path(path)
-    checkpoint = path if (path / "trainer_state.json").exists() else latest_checkpoint(path)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint nor a run directory with checkpoints")
-    model_config = ModelConfig.from_dict(read_trainer_state(checkpoint)["metadata"]["model_config"])
+    """The `Llama` of a checkpoint directory, or of the newest checkpoint of a run directory.
+
+    Only the single-file format is read (a sharded one can run code: `checkpoint.untrusted_sharded_message`),
+    and its weights are checked against the recorded config before the model is built.
+    """
+    checkpoint = resolve_checkpoint(path)
+    metadata = read_trainer_state(checkpoint)["metadata"]
+    if "model_config" not in metadata:
+        raise ValueError(f"{str(checkpoint)!r} records no model_config: build the model yourself and load it with "
+                         "training.checkpoint.load_checkpoint")
+    model_config = ModelConfig.from_dict(metadata["model_config"])
+    if is_sharded(checkpoint):
+        raise ValueError(untrusted_sharded_message(checkpoint))
+    weights = load_model_weights(checkpoint / "model.safetensors", model_config)
     model = Llama(model_config)
-    load_checkpoint(checkpoint, model, None)
+    model.load_state_dict(weights, strict=True)
     return model.to(device).eval()
 
 

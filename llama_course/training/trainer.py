@@ -225,7 +225,7 @@ class Trainer:
 
     def resume_from(self, path: str | Path) -> None:
         state = load_checkpoint(path, self.raw_model, self.optimizer, rank=self.context.rank,
-                                world_size=self.context.world_size)
+                                world_size=self.context.world_size, trusted=True)  # the run's own output
         self.step, self.tokens = state["step"], state["tokens"]
         self.batches.load_state_dict(state["data"])
         self.scheduler.load_state_dict(state["scheduler"])
