@@ -103,9 +103,8 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-def read_config_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The values of a TOML (`.toml`) or JSON file, with `section.key=value` overrides applied (values parsed as
-    TOML, a bare word as a string); any run's config dataclass is then built from them."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -126,12 +125,7 @@ def read_config_values(path: str | Path | None = None, overrides: list[str] | tu
         for section in sections:
             table = table.setdefault(section, {})
         table[name] = value
-    return values
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
-    return PretrainConfig.from_dict(read_config_values(path, overrides))
+    return PretrainConfig.from_dict(values)
 
 
 def _load_tokenizer(spec: str):
