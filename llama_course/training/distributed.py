@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 PARALLELISMS = ("auto", "none", "ddp", "fsdp")
 
@@ -118,6 +119,15 @@ def parallelize(
     if parallelism == "ddp":
         device_ids = [context.device] if context.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    broadcast_parameters(model)
+    return apply_fsdp(model, mixed_precision=mixed_precision)
+
+
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precision: bool = False) -> nn.Module:
+    """FSDP2 `fully_shard` on every transformer block, then on the root, over `mesh` (default: all ranks).
+
+    The ranks must already hold the same weights. `mixed_precision` computes in bf16 and reduces in fp32.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = (
@@ -125,12 +135,11 @@ def parallelize(
         if mixed_precision
         else MixedPrecisionPolicy()
     )
-    broadcast_parameters(model)
     blocks = transformer_blocks(model)
     for index, block in enumerate(blocks):
         # The last block's parameters are needed again at once by backward: keep them gathered.
-        fully_shard(block, mp_policy=policy, reshard_after_forward=index < len(blocks) - 1)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=index < len(blocks) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -30,13 +31,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor.parallel import loss_parallel
 from tqdm.auto import tqdm
 
 from llama_course.layers.checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 from llama_course.model import IGNORE_INDEX
 from llama_course.training.batches import Batch, BlockSource, ShardedBatches, evaluation_batches
-from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from llama_course.training.distributed import (
     all_reduce_sum,
     gradient_sync,
@@ -47,6 +50,8 @@ from llama_course.training.distributed import (
 )
 from llama_course.training.metrics import MetricsLog
 from llama_course.training.optim import AdamWConfig, build_optimizer
+from llama_course.training.parallel import DATA, build_mesh, data_parallelism, parallelize_2d
+from llama_course.training.resume import RunLock, check_resume, run_identity
 from llama_course.training.schedule import build_scheduler
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -74,8 +79,29 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> LossSum:
     return LossSum(total, (labels != IGNORE_INDEX).sum())
 
 
+def vocab_parallel_lm_loss(model: nn.Module, batch: Batch) -> LossSum:
+    """`causal_lm_loss` for a tensor-parallel model, whose logits are vocabulary shards (`training/parallel.py`).
+
+    The cross-entropy runs on the shards under `loss_parallel()` (the caller's context, for backward too): the
+    log-softmax all-reduces a max and a sum of exponentials over the ranks, never gathering (B, T, vocab) logits.
+    """
+    labels = batch["labels"]
+    logits = model(batch["input_ids"], document_ids=batch.get("document_ids")).logits  # DTensor, Shard(-1)
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return LossSum(total.to_local(), (labels != IGNORE_INDEX).sum())  # the same sum on every rank of the group
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN or infinite; the run stopped without saving."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the run after a step, and it saved a checkpoint: rerun to resume."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal_name} at step {step}; saved {checkpoint}: run the same command "
+                         "(the same output directory) to resume")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
 @dataclass
@@ -106,8 +132,12 @@ class TrainerConfig:
     # or full: applied to the model's blocks before DDP / FSDP
     compile: bool = False  # torch.compile each transformer block
     parallelism: str = "auto"  # auto (ddp when launched by torchrun), none, ddp, fsdp
+    tensor_parallel: int = 1  # ranks splitting every weight matrix (TP); data-parallel degree = world size / this
+    sequence_parallel: bool = True  # with tensor_parallel > 1: the norms and residual stream split along the sequence
     progress: bool = True  # tqdm progress bar on the main process
     resume: bool = True  # continue from the newest checkpoint in the output directory
+    force_resume: bool = False  # resume even if the model, data, batch or seed differ (`training/resume.py`)
+    collective_timeout: float = 600.0  # seconds a rank waits in a collective for the others before failing
 
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum_steps", "keep_checkpoints", "log_every"):
@@ -118,7 +148,7 @@ class TrainerConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is unknown; choose one of {tuple(DTYPES)}")
@@ -127,6 +157,13 @@ class TrainerConfig:
                              f"choose one of {CHECKPOINT_MODES}")
         if self.autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast={self.autocast!r} is unknown; choose one of {AUTOCAST_MODES}")
+        if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+            raise ValueError(f"tensor_parallel={self.tensor_parallel!r} must be a positive integer")
+        if self.tensor_parallel > 1 and (self.activation_checkpointing != "none" or self.compile):
+            raise ValueError(f"tensor_parallel={self.tensor_parallel} is not combined with activation_checkpointing="
+                             f"{self.activation_checkpointing!r} or compile={self.compile} yet; turn those off")
+        if not self.collective_timeout > 0 or self.collective_timeout == math.inf:
+            raise ValueError(f"collective_timeout={self.collective_timeout} must be a positive number of seconds")
         self.adamw()  # validates lr, betas, eps, weight decay
 
     def adamw(self) -> AdamWConfig:
@@ -138,7 +175,6 @@ class TrainingResult:
     step: int  # optimizer steps completed by the run so far
     losses: list[float] = field(default_factory=list)  # training loss of every step done by this call
     val_loss: float | None = None  # last evaluation
-    stopped_by_signal: bool = False  # SIGTERM: saved and stopped before `steps`
     checkpoint: Path | None = None
 
 
@@ -166,8 +202,20 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.loss_fn = loss_fn
         self.metadata = metadata or {}
-        self.context = init_distributed(config.device)
-        self.parallelism = resolve_parallelism(config.parallelism, self.context)
+        self.context = init_distributed(config.device, timeout=config.collective_timeout)
+        # Tensor parallelism: a (data, tensor) mesh; the data-parallel strategy spans its data dimension only.
+        self.mesh = (build_mesh(self.context.device.type, self.context.world_size, config.tensor_parallel)
+                     if config.tensor_parallel > 1 else None)
+        if self.mesh is None:
+            self.parallelism = resolve_parallelism(config.parallelism, self.context)
+            self.data_rank, self.data_size = self.context.rank, self.context.world_size
+        else:
+            self.parallelism = data_parallelism(config.parallelism, self.mesh)
+            self.data_rank, self.data_size = self.mesh[DATA].get_local_rank(), self.mesh[DATA].size()
+            if loss_fn is not causal_lm_loss:
+                raise ValueError(f"tensor_parallel={config.tensor_parallel} supports the causal language-model loss "
+                                 f"only, not {getattr(loss_fn, '__name__', loss_fn)}; use tensor_parallel=1")
+            self.loss_fn = vocab_parallel_lm_loss
         on_cuda = self.context.device.type == "cuda"
         if config.autocast == "bf16" and not on_cuda:
             raise ValueError(f"autocast='bf16' needs a CUDA device, got {self.context.device}; use autocast='off'")
@@ -181,23 +229,29 @@ class Trainer:
         if config.compile:
             for block in transformer_blocks(self.raw_model):
                 block.compile()
-        self.model = parallelize(self.raw_model, self.context, self.parallelism, mixed_precision=use_bf16)
+        if self.mesh is None:
+            self.model = parallelize(self.raw_model, self.context, self.parallelism, mixed_precision=use_bf16)
+        else:
+            self.model = parallelize_2d(self.raw_model, self.mesh, sequence_parallel=config.sequence_parallel,
+                                        mixed_precision=use_bf16 and self.parallelism == "fsdp")
         self.optimizer = build_optimizer(self.raw_model, config.adamw())
         self.scheduler = build_scheduler(self.optimizer, config.warmup_steps, config.steps, config.final_lr_ratio)
         self.batches = ShardedBatches(
             train_data, config.micro_batch_size, config.grad_accum_steps,
-            rank=self.context.rank, world_size=self.context.world_size, seed=config.seed, columns=columns,
+            rank=self.data_rank, world_size=self.data_size, seed=config.seed, columns=columns,
         )
         self.eval_batches = (
-            evaluation_batches(eval_data, config.micro_batch_size, config.eval_batches, rank=self.context.rank,
-                               world_size=self.context.world_size, columns=columns)
+            evaluation_batches(eval_data, config.micro_batch_size, config.eval_batches, rank=self.data_rank,
+                               world_size=self.data_size, columns=columns)
             if eval_data is not None and config.eval_batches > 0 else []
         )
         self.metrics = MetricsLog(self.output_dir, enabled=self.context.is_main)
         self.step = 0
         self.tokens = 0
-        self._stop_signalled = False  # set by the SIGTERM handler of this process, at any moment
+        self._stop_signal: int | None = None  # set by the SIGINT / SIGTERM handler of this process, at any moment
         self._stop_requested = False  # agreed by all ranks at the end of a step: then save and stop
+        self._lock = RunLock(self.output_dir)
+        self._hold_lock()
         checkpoint = latest_checkpoint(self.output_dir) if config.resume else None
         if checkpoint is not None:
             self.resume_from(checkpoint)
@@ -210,9 +264,10 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "data": self.batches.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "identity": run_identity(self.batches.global_batch_size, self.config.seed, self.metadata),
             "world_size": self.context.world_size,
             "parallelism": self.parallelism,
+            "tensor_parallel": self.config.tensor_parallel,
             "config": dataclasses.asdict(self.config),
             "metadata": self.metadata,
         }
@@ -220,16 +275,38 @@ class Trainer:
     def save(self) -> Path:
         return save_checkpoint(
             self.output_dir, self.step, self.raw_model, self.optimizer, self.trainer_state(),
-            sharded=self.parallelism == "fsdp", rank=self.context.rank, keep=self.config.keep_checkpoints,
+            sharded=self.parallelism == "fsdp" or self.mesh is not None, rank=self.context.rank,
+            keep=self.config.keep_checkpoints,
         )
 
     def resume_from(self, path: str | Path) -> None:
+        """Continue from checkpoint `path` under the resume policy (`training/resume.py`): the model, data and
+        batch must be the checkpoint's; the optimizer and schedule take this run's settings, reported."""
+        path = Path(path)
+        changes = check_resume(path, read_trainer_state(path), self.trainer_state()["identity"],
+                               dataclasses.asdict(self.config), force=self.config.force_resume)
+        settings = [{key: value for key, value in group.items() if key != "params"}
+                    for group in self.optimizer.param_groups]
         state = load_checkpoint(path, self.raw_model, self.optimizer, rank=self.context.rank,
                                 world_size=self.context.world_size, trusted=True)  # the run's own output
+        for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(fresh)  # this run's learning rate, betas, eps and weight decay
         self.step, self.tokens = state["step"], state["tokens"]
         self.batches.load_state_dict(state["data"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler = build_scheduler(self.optimizer, self.config.warmup_steps, self.config.steps,
+                                         self.config.final_lr_ratio, step=self.step)
         self.metrics.truncate_after(self.step)
+        if self.context.is_main:
+            print(f"resuming from {path} at step {self.step}"
+                  + (f"; changed since then: {', '.join(changes)}" if changes else ""))
+
+    def _hold_lock(self) -> None:
+        """Take the output directory's `RunLock` (the main process does; every rank learns the outcome)."""
+        owner = self._lock.acquire() if self.context.is_main else None
+        refused = all_reduce_sum(torch.tensor([float(owner is not None)], device=self.context.device))
+        if refused.item() > 0:
+            raise ValueError(f"{self.output_dir} is in use by another training run ({owner or 'see rank 0'}): wait "
+                             "for it to finish, or choose another output directory")
 
     # ----- one step ----------------------------------------------------------------------------------------
     def _to_device(self, batch: Batch) -> Batch:
@@ -238,6 +315,10 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
+    def _loss_parallel(self) -> contextlib.AbstractContextManager:
+        """Cross-entropy on vocabulary shards (forward and backward) when the model is tensor-parallel."""
+        return loss_parallel() if self.mesh is not None else contextlib.nullcontext()
+
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over the next global batch; returns (mean loss, gradient norm before clipping)."""
         micro_batches = self.batches.next_step()
@@ -245,18 +326,20 @@ class Trainer:
         stats = torch.zeros(4, dtype=torch.float64, device=self.context.device)
         for index, batch in enumerate(micro_batches):
             batch = self._to_device(batch)
-            with gradient_sync(self.model, enabled=index == len(micro_batches) - 1), self._autocast():
+            with (gradient_sync(self.model, enabled=index == len(micro_batches) - 1), self._autocast(),
+                  self._loss_parallel()):
                 loss = self.loss_fn(self.model, batch)
                 loss.total.backward()
             stats[0] += loss.total.detach().double()
             stats[1] += loss.count
             stats[2] += batch["input_ids"].numel() if "input_ids" in batch else 0
-        stats[3] = float(self._stop_signalled)  # a signal arriving after this line is seen at the next step
+        stats[3] = float(self._stop_signal is not None)  # a signal arriving after this is seen at the next step
         stats = all_reduce_sum(stats)
+        stats[:3] /= self.config.tensor_parallel  # the ranks of a tensor-parallel group share one batch
         count = max(stats[1].item(), 1.0)
         mean_loss = stats[0].item() / count
-        # DDP and FSDP average gradients over ranks; undo that and divide by the global item count instead.
-        scale = self.context.world_size / count
+        # DDP and FSDP average gradients over data ranks; undo that and divide by the global item count instead.
+        scale = self.data_size / count
         parameters = [p for p in self.raw_model.parameters() if p.grad is not None]
         with torch.no_grad():
             for parameter in parameters:
@@ -287,28 +370,35 @@ class Trainer:
         self.model.eval()
         stats = torch.zeros(2, dtype=torch.float64, device=self.context.device)
         for batch in self.eval_batches:
-            with self._autocast():
+            with self._autocast(), self._loss_parallel():
                 loss = self.loss_fn(self.model, self._to_device(batch))
             stats[0] += loss.total.double()
             stats[1] += loss.count
         self.model.train()
-        stats = all_reduce_sum(stats)
+        stats = all_reduce_sum(stats) / self.config.tensor_parallel
         return stats[0].item() / max(stats[1].item(), 1.0)
 
     # ----- the loop ----------------------------------------------------------------------------------------
     def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_signalled = True
+        if self._stop_signal is None and self.context.is_main:
+            os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping\n"
+                        .encode())
+        self._stop_signal = signum
 
     def fit(self, until_step: int | None = None) -> TrainingResult:
-        """Train until `config.steps`, or until SIGTERM (then save and return). Resumed runs continue exactly.
+        """Train until `config.steps`. Resumed runs continue exactly.
 
-        `until_step` stops (and saves) earlier, to split a run into pieces; the schedule still ends at `steps`.
+        SIGINT (Ctrl-C, also as forwarded by torchrun) and SIGTERM stop the run after the current step: it
+        saves a checkpoint and raises `TrainingInterrupted`, which names it. `until_step` stops (and saves)
+        earlier, to split a run into pieces; the schedule still ends at `steps`.
         """
         config = self.config
         stop_at = config.steps if until_step is None else min(until_step, config.steps)
         result = TrainingResult(step=self.step)
+        self._hold_lock()
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGTERM, self._request_stop) if in_main_thread else None
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in signals}
         self.model.train()
         progress = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.context.is_main),
                         desc="training", unit="step", dynamic_ncols=True)
@@ -334,11 +424,14 @@ class Trainer:
                 if periodic or last_step or self._stop_requested:
                     result.checkpoint = self.save()
                 if self._stop_requested and not last_step:
-                    result.stopped_by_signal = True
-                    break
+                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
+                    raise TrainingInterrupted(name, self.step, result.checkpoint)
         finally:
             progress.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            self._stop_signal = None
+            if self.context.is_main:
+                self._lock.release()
         result.step = self.step
         return result
