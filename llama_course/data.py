@@ -10,13 +10,30 @@ aligned: `labels[t]` is the token after position t, or -100 where there is nothi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import datasets
 
 from llama_course.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
+# `Dataset.map` draws a progress bar for every call. The toy world's datasets (a few thousand rows) map in
+# well under a second, and in a notebook the bar only lands on the page; real corpora still show theirs.
+PROGRESS_MIN_ROWS = 50_000
+
+
+@contextmanager
+def progress_bars_for(dataset: datasets.Dataset) -> Iterator[None]:
+    """Inside the block, `datasets` draws progress bars only if `dataset` has PROGRESS_MIN_ROWS rows or more."""
+    quiet = len(dataset) < PROGRESS_MIN_ROWS and not datasets.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
 
 
 def tokenize_dataset(
@@ -40,7 +57,8 @@ def tokenize_dataset(
     def encode_batch(batch: dict[str, list]) -> dict[str, list[list[int]]]:
         return {"input_ids": tokenizer.encode(list(batch[text_column]), bos=bos, eos=eos)}
 
-    return dataset.map(encode_batch, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)
+    with progress_bars_for(dataset):
+        return dataset.map(encode_batch, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)
 
 
 def pack_token_lists(
@@ -103,4 +121,5 @@ def pack_dataset(dataset: datasets.Dataset, block_size: int, *, batch_size: int 
     def pack_batch(batch: dict[str, list]) -> dict[str, list[list[int]]]:
         return pack_token_lists(batch["input_ids"], block_size, batch["loss_mask"] if has_mask else None)
 
-    return dataset.map(pack_batch, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)
+    with progress_bars_for(dataset):
+        return dataset.map(pack_batch, batched=True, batch_size=batch_size, remove_columns=dataset.column_names)

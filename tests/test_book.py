@@ -1,4 +1,11 @@
-"""The rendered book, opened in headless Chromium: no JavaScript error, no broken image, a figure per chapter.
+"""The rendered book, read as a reader reads it: pages clean, code and figures readable, exercises present.
+
+Static checks of the HTML: no output that a reader must not see (stderr, a warning, a traceback, a progress
+bar, a widget, a path of the build machine), every chapter links to its exercise page, which holds the tasks
+and their stubs but never a solution. In headless Chromium, at the window size of a laptop (1280 pixels): no
+JavaScript error, no broken image, a figure per chapter, every code cell, output and table within the text
+column, and every figure shown at `MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than
+the column is scaled down, and its fonts with it).
 
 Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs before pytest) and Debian's
 `chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are
@@ -13,6 +20,7 @@ error fails the test, and so does a broken image from anywhere: the book ships e
 
 import functools
 import http.server
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -21,10 +29,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from llama_course.notebooks import local_paths
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SCREENSHOT = ROOT / "_build" / "chapter_screenshot.png"
 OFFLINE_CDN_HOSTS = {"cdn.jsdelivr.net": "MathJax 3 (Sphinx's default mathjax_path)"}
+MIN_FIGURE_SCALE = 0.8  # rendered width / natural width of a figure
+# What a reader must never see in an output: a warning, a traceback, a tqdm bar ("40%|####  | 4/10").
+FORBIDDEN_OUTPUT = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|\d+%\|.*\|\s*\d+/\d+")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1600")
 
@@ -35,13 +48,36 @@ pytestmark = pytest.mark.skipif(
 IMAGES_STATE = """
 return Array.from(document.images).map(img => ({
     src: img.currentSrc || img.src, complete: img.complete, width: img.naturalWidth,
-    figure: img.closest('.cell_output') !== null}));
+    rendered: img.getBoundingClientRect().width, figure: img.closest('.cell_output') !== null}));
+"""
+# Code, outputs and tables that do not fit their box scroll sideways: the reader sees them cut at the edge.
+OVERFLOW_STATE = """
+const article = document.querySelector('article.bd-article');
+if (!article) return [];
+const column = article.getBoundingClientRect().right;
+const boxes = article.querySelectorAll('.cell_input pre, .cell_output pre, table, mjx-container[display="true"]');
+return Array.from(boxes).filter(box => box.scrollWidth > box.clientWidth + 1
+                                    || box.getBoundingClientRect().right > column + 1)
+    .map(box => ({kind: box.closest('.cell_input') ? 'code' : box.closest('.cell_output') ? 'output'
+                        : box.tagName.toLowerCase(),
+                  text: box.textContent.trim().split('\\n')[0].slice(0, 80),
+                  width: box.scrollWidth, column: box.clientWidth}));
 """
 
 
 def book_pages() -> list[Path]:
     skipped = {"_static", "_sources", "_images"}
     return sorted(p for p in HTML.rglob("*.html") if not skipped & set(p.relative_to(HTML).parts))
+
+
+def chapter_names() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "chapters").glob("[0-9][0-9]_*.md"))
+
+
+def soup(page: Path):
+    from bs4 import BeautifulSoup
+
+    return BeautifulSoup(page.read_text(), "html.parser")
 
 
 def book_pages_in(folder: str) -> list[Path]:
@@ -113,14 +149,41 @@ def split_console_errors(entries: list[dict], origin: str) -> tuple[list[str], l
     return own, offline
 
 
-def test_every_book_page_and_chapter_is_rendered():
+def test_every_book_page_chapter_and_exercise_is_rendered():
     pages = {p.relative_to(HTML).as_posix() for p in book_pages()}
-    chapters = sorted(p.with_suffix(".html").name for p in (ROOT / "chapters").glob("[0-9]*.md"))
     for page in ("book/preface.html", "book/setup.html", "book/grading.html", "book/references.html"):
         assert page in pages, f"{page} missing from {HTML}; is it listed in _toc.yml?"
-    assert chapters, "no chapter found in chapters/"
-    for chapter in chapters:
-        assert f"chapters/{chapter}" in pages, f"chapters/{chapter} was not rendered: add it to _toc.yml"
+    assert chapter_names(), "no chapter found in chapters/"
+    for name in chapter_names():
+        assert f"chapters/{name}.html" in pages, f"chapters/{name}.html was not rendered: add it to _toc.yml"
+        assert f"exercises/{name}.html" in pages, f"exercises/{name}.html was not rendered: add it to _toc.yml"
+
+
+def test_pages_show_no_stderr_warning_traceback_progress_bar_or_local_path():
+    problems = []
+    for page in book_pages():
+        relative, html = page.relative_to(HTML).as_posix(), soup(page)
+        for output in html.select(".cell_output"):
+            text = output.get_text(" ")
+            if output.select(".stderr, .traceback, .error"):
+                problems.append(f"{relative}: an output written to stderr or an error: {text.strip()[:160]!r}")
+            if match := FORBIDDEN_OUTPUT.search(text):
+                problems.append(f"{relative}: an output shows {match.group(0)!r}")
+            if output.select('script[type="application/vnd.jupyter.widget-view+json"]'):
+                problems.append(f"{relative}: an output is a widget (a tqdm.auto bar?), blank without a kernel")
+        text = html.get_text(" ")
+        problems += [f"{relative}: shows the local path {path!r}" for path in local_paths() if path in text]
+    assert not problems, "\n".join(problems)
+
+
+def test_each_chapter_links_to_its_exercise_page_which_has_tasks_and_no_solution():
+    for name in chapter_names():
+        chapter = soup(HTML / "chapters" / f"{name}.html")
+        links = {a.get("href", "").split("#")[0] for a in chapter.select("article a")}
+        assert f"../exercises/{name}.html" in links, f"chapters/{name}.html does not link to its exercise page"
+        exercise = soup(HTML / "exercises" / f"{name}.html").select_one("article").get_text(" ")
+        assert "raise NotImplementedError" in exercise, f"exercises/{name}.html shows no task stub"
+        assert "BEGIN SOLUTION" not in exercise, f"exercises/{name}.html shows a solution"
 
 
 def test_pages_load_without_javascript_errors_or_broken_images(server, browser, capsys):
@@ -140,6 +203,27 @@ def test_pages_load_without_javascript_errors_or_broken_images(server, browser, 
     with capsys.disabled():
         for message in sorted(offline):
             print(f"\n[tolerated, offline CDN] {message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_code_outputs_tables_and_equations_fit_the_column(server, browser):
+    problems = []
+    for page in book_pages():
+        relative = page.relative_to(HTML).as_posix()
+        load(browser, f"{server}/{relative}")
+        problems += [f"{relative}: {box['kind']} {box['width']} px wide in a {box['column']} px box: {box['text']!r}"
+                     for box in browser.execute_script(OVERFLOW_STATE)]
+    assert not problems, "\n".join(problems)
+
+
+def test_figures_render_at_a_readable_scale(server, browser):
+    problems = []
+    for page in book_pages_in("chapters"):
+        relative = page.relative_to(HTML).as_posix()
+        for image in load(browser, f"{server}/{relative}"):
+            if image["figure"] and image["width"] and image["rendered"] < MIN_FIGURE_SCALE * image["width"]:
+                problems.append(f"{relative}: a figure shown at {image['rendered'] / image['width']:.0%} of its "
+                                f"{image['width']} px (draw it narrower: at most two panels a row)")
     assert not problems, "\n".join(problems)
 
 

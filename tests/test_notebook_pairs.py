@@ -1,63 +1,32 @@
 """Every chapter follows the chapter template and its two files (MyST .md and .ipynb) say the same thing.
 
-- The `.md` (what the book renders) and the `.ipynb` (what Colab opens and nbval runs) hold the same cells,
-  compared as jupytext reads them, so a change made to one file only is caught.
-- The `.ipynb` carries no outputs except those of the `# NBVAL_CHECK_OUTPUT` cells, which nbval compares with
-  a fresh run. `llama-course sync-notebooks chapters/NN_name.md` rewrites it from the `.md`.
+- The `.md` (what the book renders) and the `.ipynb` (what Colab and GitHub show, and nbval runs) hold the
+  same cells with the same tags, compared as jupytext reads them, so a change made to one file only is caught.
+- The `.ipynb` carries the outputs of one clean run (`llama-course sync-notebooks chapters/NN_name.md`): every
+  code cell ran, none wrote to stderr, and at least one cell is tagged `nbval-check-output` for nbval to compare.
+- Readers never see test machinery: no `# NBVAL_CHECK_OUTPUT` or `# fmt: skip` comment in a cell.
+- Code fits the book's text column (`COLUMN` characters, measured in tests/test_book.py).
 - The repository URL is written once, as `repository.url` in `_config.yml`. A notebook on Colab runs without
   that file, so the first cell of every chapter carries the URL as a literal; this test fails when the cell
-  differs from `colab_install_cell(url)` or any Colab/GitHub link to the course points elsewhere.
+  differs from `colab_install_cell(url)` or any Colab/GitHub link to the course points elsewhere (the sync
+  command writes both from `_config.yml`).
 """
 
-import re
 from pathlib import Path
 
 import jupytext
 import pytest
-import yaml
+
+from llama_course.notebooks import CHECK_TAG, COURSE_LINK, colab_install_cell, output_problems, repository
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md"))
-CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
-# A link into the course's own files, on GitHub or opened in Colab: group 1 is owner/name, group 2 the branch.
-COURSE_LINK = re.compile(
-    r"https://(?:colab\.research\.google\.com/github|github\.com)/([\w.-]+/[\w.-]+)/blob/([\w.-]+)/"
-    r"(?:chapters|exercises|book|llama_course)/"
-)
+COLUMN = 72  # characters of code that fit the text column of a 1280-pixel-wide window (tests/test_book.py)
+MACHINERY = ("NBVAL_CHECK_OUTPUT", "# fmt: skip", "# fmt: off", "# noqa")
 
 
-def repository() -> dict:
-    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
-
-
-def repository_url() -> str:
-    return repository()["url"]
-
-
-def colab_install_cell(url: str) -> str:
-    """The first code cell of every chapter: on Colab only, install the package and keep Colab's torch."""
-    return f'''# Runs only on Google Colab: install the course package from its repository, keeping Colab's PyTorch.
-import sys
-
-REPOSITORY_URL = "{url}"  # repository.url in _config.yml
-if "google.colab" in sys.modules:
-    import importlib.metadata
-    import pathlib
-    import subprocess
-    import tempfile
-
-    # Pin torch to the version already installed: pip keeps it or fails, and never downloads another one.
-    constraints = pathlib.Path(tempfile.mkdtemp()) / "constraints.txt"
-    constraints.write_text(f"torch=={{importlib.metadata.version('torch')}}\\n")
-    package = f"llama-course @ git+{{REPOSITORY_URL}}"
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--constraint", str(constraints), package]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"installing {{package}} failed:\\n{{result.stdout}}\\n{{result.stderr}}")'''
-
-
-def cells(notebook) -> list[tuple[str, str]]:
-    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+def cells(notebook) -> list[tuple[str, str, list[str]]]:
+    return [(cell.cell_type, cell.source.strip(), cell.metadata.get("tags", [])) for cell in notebook.cells]
 
 
 def test_there_are_chapters():
@@ -87,31 +56,49 @@ def test_md_and_ipynb_hold_the_same_cells(chapter: Path):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
-def test_ipynb_stores_only_the_outputs_nbval_checks(chapter: Path):
+def test_ipynb_stores_the_outputs_of_one_clean_run(chapter: Path):
     notebook = jupytext.read(chapter.with_suffix(".ipynb"))
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    checked = [cell for cell in code if CHECK_MARKER in cell.source]
-    assert checked, f"{chapter.name}: no cell marked {CHECK_MARKER}; print at least one deterministic number"
+    checked = [cell for cell in code if CHECK_TAG in cell.metadata.get("tags", [])]
+    assert checked, f"{chapter.name}: no cell tagged {CHECK_TAG}; print at least one deterministic number"
     for cell in code:
         first_line = cell.source.splitlines()[0] if cell.source else ""
-        if cell in checked:
-            assert cell.outputs, f"{chapter.name}: checked cell '{first_line}' has no stored output to compare"
-        else:
-            assert not cell.outputs, f"{chapter.name}: cell '{first_line}' has outputs; commit it without them"
+        assert cell.execution_count is not None, (
+            f"{chapter.name}: cell '{first_line}' was not run; `llama-course sync-notebooks chapters/{chapter.name}`"
+        )
+        problems = output_problems(cell)
+        assert not problems, f"{chapter.name}: cell '{first_line}': {problems}"
+    assert any(cell.outputs for cell in checked), f"{chapter.name}: the checked cells store no output to compare"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_cells_show_no_test_machinery_and_fit_the_column(chapter: Path):
+    for cell in jupytext.read(chapter).cells:
+        if cell.cell_type != "code":
+            continue
+        first_line = cell.source.splitlines()[0] if cell.source else ""
+        for marker in MACHINERY:
+            assert marker not in cell.source, (
+                f"{chapter.name}: cell '{first_line}' shows {marker!r} to readers; use a cell tag (:tags:) instead"
+            )
+        wide = [line for line in cell.source.splitlines() if len(line) > COLUMN]
+        assert not wide, f"{chapter.name}: lines wider than the book's column ({COLUMN} characters): {wide}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_first_cell_installs_the_package_on_colab_from_the_configured_url(chapter: Path):
     code = [cell for cell in jupytext.read(chapter).cells if cell.cell_type == "code"]
-    expected = colab_install_cell(repository_url())
+    expected = colab_install_cell(repository()[0])
     assert code and code[0].source.strip() == expected, (
-        f"{chapter.name}: the first code cell must be exactly the Colab install cell:\n{expected}"
+        f"{chapter.name}: the first code cell must be exactly the Colab install cell (`llama-course "
+        f"sync-notebooks` writes it):\n{expected}"
     )
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_links_to_the_course_use_the_configured_repository_and_the_exercise(chapter: Path):
-    configured, branch = repository_url().removeprefix("https://github.com/"), repository()["branch"]
+    url, branch = repository()
+    configured = url.removeprefix("https://github.com/")
     text = chapter.read_text()
     wrong = sorted({link for link in COURSE_LINK.findall(text) if link != (configured, branch)})
     assert not wrong, f"{chapter.name} links to {wrong}; the course is {configured}, branch {branch} (_config.yml)"
