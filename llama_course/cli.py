@@ -1,7 +1,15 @@
-"""The `llama-course` command line. Each subcommand is a thin shell over a package function."""
+"""The `llama-course` command line. Each subcommand is a thin shell over a package function.
+
+Bad input is never a traceback: an expected failure (a bad value, a missing or damaged file, no network, a
+training run that diverged) is one line naming the problem and the fix, exit status 2; Ctrl-C during training
+saves a checkpoint and exits with 128 + the signal number. Anything else is a bug: one line too, exit status 1,
+and `--debug` shows its traceback (as it does for expected failures).
+"""
 
 import argparse
 import importlib
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -34,6 +42,8 @@ SUBCOMMAND_MODULES = [
      "RLHF with PPO: KL-penalised, safety-first reward from the two RMs; data-parallel under torchrun"),
     ("gatt", "llama_course.alignment.gatt",
      "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
+    ("rlhf", "llama_course.commands.rlhf",
+     "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
     ("reproduce", "llama_course.reproduce",
@@ -48,6 +58,27 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: object, kind: ty
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
 
 
+def bounded_number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                   high_open: bool = False) -> Callable[[str], float]:
+    """An argparse `type` for a finite int or float within [low, high] (open ends with `low_open` / `high_open`),
+    so that a bad flag (`--top-p 2`, `--temperature nan`) is refused before any work starts."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
+        return value
+
+    return parse
+
+
 def _run_module(module: str) -> Callable[[argparse.Namespace], None]:
     return lambda args: importlib.import_module(module).run(args)
 
@@ -56,12 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-course", description="Llama 1 and Llama 2 rebuilt piece by piece: the course's command line."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after COMMAND)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {}
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
         handlers[name] = handler
-        return commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show an error's traceback")
+        return sub
 
     command("presets", _presets, "print every model preset with its exact parameter count")
     for name, module, help in SUBCOMMAND_MODULES:
@@ -72,13 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run `llama-course ARGV`; returns the exit status (see the module docstring)."""
+    import signal
+
+    from llama_course.training.trainer import NonFiniteLossError, TrainingInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = f"llama-course {args.command}"
     try:
         args.handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"llama-course {args.command}: error: {error}", file=sys.stderr)
+    except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; one says so
+            print(f"{name}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (ValueError, OSError, NonFiniteLossError) as error:  # OSError: missing files, no network, disk full
+        if args.debug:
+            raise
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"{name}: internal error (a bug; rerun with --debug for the traceback and report it): "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import datasets
 import torch
 
-from llama_course.alignment.reward import RewardModel, score_responses
+from llama_course.alignment.reward import RewardModel, combine_rewards, score_responses
 from llama_course.alignment.sft_data import encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.chat import encode_dialog
@@ -52,6 +52,18 @@ def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scor
             raw = score_responses(reward_model, tokenizer, [prompts[i] for i in kept], [responses[i] for i in kept])
             scores[kept] = torch.sigmoid(raw)
         return scores
+
+    return score
+
+
+def safety_first_scorer(helpfulness_rm: RewardModel, safety_rm: RewardModel, tokenizer: Tokenizer,
+                        is_safety: Callable[[str], bool]) -> Scorer:
+    """A scorer of Llama 2's safety-first reward R_c (section 3.2.3, `reward.combine_rewards`) from the two RMs'
+    sigmoid scores; `is_safety(prompt)` is IS_SAFETY(p), e.g. `toyworld.is_safety_prompt`."""
+    helpful, safe = reward_model_scorer(helpfulness_rm, tokenizer), reward_model_scorer(safety_rm, tokenizer)
+
+    def score(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        return combine_rewards(helpful(prompts, responses), safe(prompts, responses), [is_safety(p) for p in prompts])
 
     return score
 
@@ -216,6 +228,7 @@ class RejectionConfig:
     temperature: float = 0.7
     max_new_tokens: int = 48
     steps: int = 10  # fine-tuning steps per iteration: about 2 epochs over 128 kept answers
+    epochs: float | None = None  # when set, passes over the kept answers' packed blocks (replaces `steps`)
     batch_size: int = 8  # packed blocks per step
     block_size: int = 128
     lr: float = 1e-4  # the SFT run's final rate; its 1e-3 peak undoes SFT here (held-out counting 0.55 -> 0.50)
@@ -229,6 +242,8 @@ class RejectionConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0: rejection sampling needs varied samples")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be positive (or None to train `steps` steps)")
 
 
 def finetune_on_answers(model: Llama, tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str],
@@ -246,9 +261,10 @@ def finetune_on_answers(model: Llama, tokenizer: Tokenizer, prompts: Sequence[st
     if len(blocks) == 0:
         raise ValueError(f"{len(rows)} kept answers do not fill one block of {config.block_size} tokens: "
                          "lower block_size or use more prompts")
-    trainer_config = TrainerConfig(steps=config.steps, micro_batch_size=config.batch_size, lr=config.lr,
-                                   warmup_steps=0, eval_every=0, eval_batches=0, checkpoint_every=config.steps,
-                                   keep_checkpoints=1, log_every=max(1, config.steps // 4), seed=seed,
+    steps = config.steps if config.epochs is None else math.ceil(config.epochs * len(blocks) / config.batch_size)
+    trainer_config = TrainerConfig(steps=steps, micro_batch_size=config.batch_size, lr=config.lr,
+                                   warmup_steps=0, eval_every=0, eval_batches=0, checkpoint_every=steps,
+                                   keep_checkpoints=1, log_every=max(1, steps // 4), seed=seed,
                                    device=config.device, autocast="off", progress=False, resume=False)
     trainer = Trainer(model, blocks, trainer_config, output_dir, columns=["input_ids", "labels", "document_ids"],
                       metadata={"model_config": model.config.to_dict()})
@@ -316,6 +332,7 @@ __all__ = [
     "max_and_median_curves",
     "reward_model_scorer",
     "rejection_sampling",
+    "safety_first_scorer",
     "sample_responses",
     "select_best",
     "true_reward",

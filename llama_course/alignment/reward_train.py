@@ -125,22 +125,30 @@ def build_preferences(config: RewardConfig, model: Llama, tokenizer: Tokenizer
     return train, held_out
 
 
-def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None
-                       ) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
+def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None,
+                       start: RewardModel | None = None) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
     """Train an RM from `config.base` with the margin ranking loss; returns it (eval, CPU), its tokenizer and
-    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs."""
+    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs;
+    `start` continues training that RM (e.g. the previous round's) instead of a new head on `config.base`.
+    """
     from llama_course.alignment.sft import load_base_model
+    from llama_course.toyworld import toy_tokenizer
 
     torch.manual_seed(config.seed)
-    backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
-    if data is None:
-        data = build_preferences(config, backbone, tokenizer)
+    if start is not None:
+        if data is None:
+            raise ValueError("continuing an RM (start=...) needs its training pairs: pass data=(train, held_out)")
+        model, tokenizer = start, toy_tokenizer()
+    else:
+        backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
+        if data is None:
+            data = build_preferences(config, backbone, tokenizer)
+        model = RewardModel(backbone, tokenizer.eos_id)
     train, held_out = data
-    model = RewardModel(backbone, tokenizer.eos_id)
     trainer_config = config.trainer_config(len(train))
     trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
                       config.output_dir, loss_fn=preference_loss(config.margin),
-                      metadata={"model_config": backbone.config.to_dict(), "reward_config": dataclasses.asdict(config)})
+                      metadata={"model_config": model.config.to_dict(), "reward_config": dataclasses.asdict(config)})
     result = trainer.fit()
     model = trainer.raw_model.cpu().eval()
     card = {"reward_config": dataclasses.asdict(config) | {"base": config.resolved_base()},

@@ -5,6 +5,7 @@ command-line flags. The same command runs on a laptop and, under `torchrun --npr
 
     llama-course pretrain --config tiny.toml --set trainer.steps=2000
     torchrun --nproc_per_node 8 -m llama_course.cli pretrain --config big.toml --set trainer.parallelism=fsdp
+    torchrun --nproc_per_node 8 -m llama_course.cli pretrain --config big.toml --tensor-parallel 8   # TP + SP
 
 A config file (every key optional; the defaults are below):
 
@@ -85,9 +86,12 @@ class PretrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown pretraining config keys {unknown}; the sections are {sorted(known)}")
+        model = values.get("model", {"preset": "tiny"})
+        if not isinstance(model, dict):
+            raise ValueError(f"[model] must be a table of keys (a preset and ModelConfig fields), got {model!r}")
         return cls(
             output_dir=str(values.get("output_dir", cls.output_dir)),
-            model=dict(values.get("model", {"preset": "tiny"})),
+            model=dict(model),
             data=build_section(DataConfig, values.get("data", {}), "data"),
             trainer=build_section(TrainerConfig, {"lr": 1e-3, "warmup_steps": 50} | values.get("trainer", {}),
                                   "trainer"),
@@ -95,16 +99,29 @@ class PretrainConfig:
 
 
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    """The config dataclass `cls` from one [section] of a config file, rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    """The config dataclass `cls` from one [section] of a config file, rejecting unknown keys by name and values
+    whose type is not the default's (an int where a float is expected is fine)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"[{section}] must be a table of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown keys {unknown} in [{section}]; the known keys are {sorted(known)}")
+        raise ValueError(f"unknown keys {unknown} in [{section}]; the known keys are {sorted(fields)}")
+    for name, value in values.items():
+        default = fields[name].default
+        if default is dataclasses.MISSING or default is None:
+            continue
+        kind = type(default)
+        fits = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if not fits:
+            raise ValueError(f"{section}.{name}={value!r} must be a {kind.__name__} (the default is {default!r})")
     return cls(**values)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
+def read_config_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of a TOML (`.toml`) or JSON file, with `section.key=value` overrides applied (values parsed as
+    TOML, a bare word as a string); any run's config dataclass is then built from them."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -125,7 +142,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for section in sections:
             table = table.setdefault(section, {})
         table[name] = value
-    return PretrainConfig.from_dict(values)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
+    return PretrainConfig.from_dict(read_config_values(path, overrides))
 
 
 def _load_tokenizer(spec: str):
@@ -155,6 +177,11 @@ def build_datasets(config: DataConfig):
     return tokenizer, train, validation
 
 
+def resume_fixed_data(config: DataConfig) -> dict[str, Any]:
+    """The data settings a resumed run may not change (`training/resume.py`); the held-out part may."""
+    return {key: value for key, value in dataclasses.asdict(config).items() if key != "validation_documents"}
+
+
 def run_pretraining(config: PretrainConfig) -> TrainingResult:
     """Build the data and a seeded model, then train (resuming from `output_dir` if it holds a checkpoint)."""
     tokenizer, train, validation = build_datasets(config.data)
@@ -165,11 +192,12 @@ def run_pretraining(config: PretrainConfig) -> TrainingResult:
     output_dir = Path(config.output_dir)
     trainer = Trainer(model, train, config.trainer, output_dir, eval_data=validation, columns=columns,
                       metadata={"model_config": model_config.to_dict(), "pretrain_config": config.to_dict(),
-                                "tokenizer": str(tokenizer.model_path)})
+                                "tokenizer": str(tokenizer.model_path), "data": resume_fixed_data(config.data)})
     if trainer.context.is_main:
         print(f"model {model_config} ({sum(p.numel() for p in model.parameters()):,} parameters), "
               f"{len(train):,} training blocks of {config.data.block_size} tokens, "
-              f"{trainer.context.world_size} process(es), {trainer.parallelism}, device {trainer.context.device}")
+              f"{trainer.context.world_size} process(es), {trainer.parallelism}, tensor parallel "
+              f"{config.trainer.tensor_parallel}, device {trainer.context.device}")
     result = trainer.fit()
     if trainer.context.is_main:
         from llama_course.training.metrics import plot_metrics
@@ -212,19 +240,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, help="tokens per training sequence")
     parser.add_argument("--device", help="auto, cpu, cuda, mps")
     parser.add_argument("--parallelism", choices=["auto", "none", "ddp", "fsdp"], help="multi-process strategy")
+    parser.add_argument("--tensor-parallel", type=int, metavar="N",
+                        help="split every weight matrix over N processes (tensor + sequence parallelism); the "
+                             "data-parallel degree is the number of processes / N")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
     parser.add_argument("--activation-checkpointing", choices=["none", "selective", "selective-policy", "full"],
                         help="recompute activations in backward (selective: Llama 1's hand-written backward)")
     parser.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key, e.g. --set trainer.warmup_steps=100 (repeatable)")
+    parser.add_argument("--force-resume", action="store_true", default=None,
+                        help="resume even though the model, tokenizer, data, block size or batch differ from the "
+                             "checkpoint's (they are refused otherwise; lr, steps, logging, evaluation may change)")
+    parser.add_argument("--collective-timeout", type=float, metavar="SECONDS",
+                        help="how long a process waits for the others in a collective before failing (default 600)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
 
 
 _FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
               "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
               "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
-              "compile": "trainer.compile", "seed": "trainer.seed",
+              "tensor_parallel": "trainer.tensor_parallel",
+              "compile": "trainer.compile", "seed": "trainer.seed", "force_resume": "trainer.force_resume",
+              "collective_timeout": "trainer.collective_timeout",
               "activation_checkpointing": "trainer.activation_checkpointing"}
 
 
@@ -246,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(config.to_dict(), indent=2))
         return
     result = run_pretraining(config)
-    if result.stopped_by_signal:
-        print(f"stopped by SIGTERM at step {result.step}; resume with the same command ({result.checkpoint})")
+    if not result.losses:
+        print(f"the run in {config.output_dir} is already at step {result.step} = trainer.steps: nothing to train")
     elif result.val_loss is not None:
         print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")

@@ -1,0 +1,69 @@
+"""`llama-course rlhf`: iterative RLHF with on-policy preference rounds (Llama 2, sections 3.2.1 to 3.2.3).
+
+    llama-course rlhf --config llama_course/assets/configs/rlhf.toml --seeds 0 1 2 \\
+        --results llama_course/assets/rlhf_results.json
+
+runs (or resumes) versions V1..Vk for each seed under `output_dir/seed-S/`, prints each round's measurements,
+and writes the summary over seeds with 95% intervals (and every per-prompt value) to the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from llama_course.experiments.rlhf import RLHFConfig, run_rlhf, summarize_policy, write_results
+from llama_course.training.pretrain import read_config_values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys (RLHFConfig): " + ", ".join(f.name for f in dataclasses.fields(RLHFConfig))
+    parser.add_argument("--config", type=Path, help="a TOML file of RLHFConfig keys ([ppo] holds PPOConfig keys)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment seeds, run one after another")
+    parser.add_argument("--rounds", type=int, help="versions V1..Vk (the last one PPO when ppo_last)")
+    parser.add_argument("--output-dir", help="where each seed's rounds are written (default runs/rlhf)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set rs_samples=16 --set ppo.beta=0.1")
+    parser.add_argument("--results", type=Path, metavar="FILE",
+                        help="after the runs, write the summary over every finished seed to FILE")
+
+
+def config_from_args(args: argparse.Namespace, seed: int) -> RLHFConfig:
+    values: dict[str, Any] = read_config_values(args.config, args.overrides)
+    for name in ("rounds", "output_dir"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    known = {f.name for f in dataclasses.fields(RLHFConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown rlhf config keys {unknown}; the keys are {sorted(known)}")
+    return RLHFConfig(**(values | {"seed": seed}))
+
+
+def _print_round(report: dict[str, Any]) -> None:
+    summary = summarize_policy(report["policy"])
+    line = f"V{report['round']} ({report['method']}): " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+    for criterion, accuracy in (report.get("rm_accuracy_new_pairs") or {}).items():
+        before, after = (sum(v) / max(1, len(v)) for v in (accuracy["before"], accuracy["after"]))
+        line += f"; {criterion} RM on new pairs {before:.3f} -> {after:.3f}"
+    capture = report["capture"]
+    n1, oracle, picked = (sum(capture[k]) / len(capture[k]) for k in ("n1", "oracle", "picked"))
+    line += f"; best-of-N: N=1 {n1:.3f}, RM pick {picked:.3f}, oracle {oracle:.3f}"
+    print(line, flush=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    configs = [config_from_args(args, seed) for seed in args.seeds]  # every config is checked before any work
+    for config in configs:
+        print(f"seed {config.seed}: {config.rounds} rounds under {config.seed_dir()}", flush=True)
+        run_rlhf(config, on_round=_print_round)
+    if args.results is not None:
+        results = write_results(configs[0].output_dir, args.results, configs[0])
+        for version in results["summary"]["versions"]:
+            gain = version["gain_over_sft"]
+            print(f"V{version['round']}: true helpfulness gain over SFT {gain['rate']:+.3f} "
+                  f"[{gain['low']:+.3f}, {gain['high']:+.3f}] over seeds {results['summary']['seeds']}")
+        print(f"wrote {args.results}")
