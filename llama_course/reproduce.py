@@ -97,9 +97,7 @@ def base_step(pipeline: Pipeline) -> dict[str, Any]:
     recipe = PRETRAIN_RECIPE
     run_dir = pipeline.path("runs", "base")
     config = load_config(recipe, [f"output_dir={json.dumps(str(run_dir))}", *pipeline.sizes["pretrain"]])
-    result = run_pretraining(config)  # resumes from the newest checkpoint in run_dir
-    if result.stopped_by_signal:
-        raise RuntimeError(f"pretraining stopped by SIGTERM at step {result.step}: rerun the same command to resume")
+    run_pretraining(config)  # resumes from the newest checkpoint in run_dir; SIGINT / SIGTERM save and raise
     folder = pipeline.partial("base")
     card = export_pretrained(run_dir, folder, samples=pipeline.sizes["grammar_samples"])["card"]
     shutil.copyfile(recipe, folder / recipe.name)

@@ -54,9 +54,11 @@ def assert_live(path: Path, marker: Path) -> None:
     marker.unlink()
 
 
+METADATA = {"model_config": TINY.to_dict()}
+
+
 def trained_run(output_dir: Path) -> Path:
-    Trainer(tiny_model(), tiny_blocks(), tiny_config(steps=2, checkpoint_every=2), output_dir,
-            metadata={"model_config": TINY.to_dict()}).fit()
+    Trainer(tiny_model(), tiny_blocks(), tiny_config(steps=2, checkpoint_every=2), output_dir, metadata=METADATA).fit()
     return output_dir / "checkpoints" / "step_00000002"
 
 
@@ -66,7 +68,7 @@ def test_resume_refuses_a_pickle_payload_in_the_training_state(tmp_path, marker,
     torch.save({"torch": Payload(marker), "python": None}, checkpoint / planted)
     assert_live(checkpoint / planted, marker)
     with pytest.raises(ValueError, match=r"refusing to load .*holds more than tensors.*could run code"):
-        Trainer(tiny_model(), tiny_blocks(), tiny_config(steps=4), tmp_path / "run")
+        Trainer(tiny_model(), tiny_blocks(), tiny_config(steps=4), tmp_path / "run", metadata=METADATA)
     assert not marker.exists()
 
 

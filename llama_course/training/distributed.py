@@ -15,6 +15,7 @@ The data is sharded by the trainer (`batches.py`): each rank reads only its own 
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,10 @@ PARALLELISMS = ("auto", "none", "ddp", "fsdp")
 def pick_device(requested: str | None = None) -> torch.device:
     """`requested` ("cuda", "cuda:1", "mps", "cpu") or, when None / "auto", the best available: cuda, mps, cpu."""
     if requested not in (None, "auto"):
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={requested!r} was asked for but CUDA is not available; use --device cpu")
         if device.type == "mps" and not torch.backends.mps.is_available():
@@ -62,10 +66,12 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistributedContext:
+def init_distributed(device: str | None = None, *, timeout: float = 600.0) -> DistributedContext:
     """Join the process group described by torchrun's environment variables; a plain single process otherwise.
 
     Under torchrun each process takes the GPU of its LOCAL_RANK. Calling it again reuses the group.
+    `timeout`: seconds a collective waits for every rank before it fails (gloo's own default is 30 minutes,
+    during which a stalled rank would hang the others).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -79,7 +85,7 @@ def init_distributed(device: str | None = None) -> DistributedContext:
         if chosen.type == "mps":
             raise ValueError("multi-process training on MPS is not supported by PyTorch; use --device cpu")
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo", device_id=(
-            chosen if chosen.type == "cuda" else None))
+            chosen if chosen.type == "cuda" else None), timeout=datetime.timedelta(seconds=timeout))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
 
 

@@ -1,8 +1,9 @@
 """Training metrics as JSON lines next to the checkpoints, and the plots of loss and learning rate.
 
 One line per logged step, e.g. `{"step": 100, "loss": 3.21, "lr": 0.0003, "tokens": 204800, ...}`; evaluation
-lines carry `val_loss`. JSONL survives a crash (every line is complete and flushed) and a resume: the lines of
-steps after the checkpoint being resumed are dropped, so the file always tells the story of one run.
+lines carry `val_loss`. JSONL survives a crash (a last line torn by a kill during a write is skipped when read
+and dropped at the next resume) and a resume: the lines of steps after the checkpoint being resumed are
+dropped, so the file always tells the story of one run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no metrics file at {str(path)!r}: is it the output directory of a training run?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # a kill in the middle of a write tears the last line: skip it
+                break
+            raise ValueError(f"line {number} of {path} is not JSON ({line[:60]!r}): the file is damaged; delete "
+                             "that line") from None
+    return records
 
 
 def plot_metrics(path: str | Path, output: str | Path | None = None):

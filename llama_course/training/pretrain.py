@@ -67,6 +67,9 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-3, warmup_steps=50, steps=1000))
 
+    def __post_init__(self) -> None:
+        self.model_config(vocab_size=1)  # a bad preset or model field fails here, before any data is built
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The preset with the overrides applied; the vocabulary always matches the tokenizer's."""
         overrides = dict(self.model)

@@ -31,12 +31,14 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, final_r
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_ratio: float = 0.1
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_ratio: float = 0.1, *,
+    step: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` applying `warmup_cosine_factor` to every group's peak (initial) learning rate."""
+    """A `LambdaLR` applying `warmup_cosine_factor` to every group's peak (initial) learning rate, positioned at
+    optimizer step `step` (a resumed run: the schedule is a function of the step, so nothing else is stored)."""
     warmup_cosine_factor(0, warmup_steps, total_steps, final_ratio)  # validate once, with a clear message
 
     def factor(step: int) -> float:
         return warmup_cosine_factor(step, warmup_steps, total_steps, final_ratio)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=step - 1)

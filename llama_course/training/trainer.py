@@ -45,6 +45,7 @@ from llama_course.training.distributed import (
     gradient_sync,
     init_distributed,
     parallelize,
+    pick_device,
     resolve_parallelism,
     transformer_blocks,
 )
@@ -98,10 +99,10 @@ class NonFiniteLossError(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT (Ctrl-C) or SIGTERM stopped the run after a step, and it saved a checkpoint: rerun to resume."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by {signal_name} at step {step}; saved {checkpoint}: run the same command "
-                         "(the same output directory) to resume")
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}: run the "
+                         "same command (the same output directory) to resume")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 @dataclass
@@ -162,6 +163,7 @@ class TrainerConfig:
         if self.tensor_parallel > 1 and (self.activation_checkpointing != "none" or self.compile):
             raise ValueError(f"tensor_parallel={self.tensor_parallel} is not combined with activation_checkpointing="
                              f"{self.activation_checkpointing!r} or compile={self.compile} yet; turn those off")
+        pick_device(self.device)  # an unknown or unavailable device fails here, before any work
         if not self.collective_timeout > 0 or self.collective_timeout == math.inf:
             raise ValueError(f"collective_timeout={self.collective_timeout} must be a positive number of seconds")
         self.adamw()  # validates lr, betas, eps, weight decay
@@ -252,11 +254,15 @@ class Trainer:
         self._stop_requested = False  # agreed by all ranks at the end of a step: then save and stop
         self._lock = RunLock(self.output_dir)
         self._hold_lock()
-        checkpoint = latest_checkpoint(self.output_dir) if config.resume else None
-        if checkpoint is not None:
-            self.resume_from(checkpoint)
-        elif self.context.is_main and (self.output_dir / "metrics.jsonl").exists():
-            self.metrics.truncate_after(0)
+        try:
+            checkpoint = latest_checkpoint(self.output_dir) if config.resume else None
+            if checkpoint is not None:
+                self.resume_from(checkpoint)
+            elif self.context.is_main and (self.output_dir / "metrics.jsonl").exists():
+                self.metrics.truncate_after(0)
+        except BaseException:
+            self._lock.release()
+            raise
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
@@ -424,8 +430,8 @@ class Trainer:
                 if periodic or last_step or self._stop_requested:
                     result.checkpoint = self.save()
                 if self._stop_requested and not last_step:
-                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
-                    raise TrainingInterrupted(name, self.step, result.checkpoint)
+                    # A rank that did not receive the signal itself (another rank did) reports SIGTERM.
+                    raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, self.step, result.checkpoint)
         finally:
             progress.close()
             for signum, handler in previous_handlers.items():
