@@ -5,11 +5,22 @@ last column. Padding must not shift RoPE positions, so each sequence's positions
 only, and padded keys are masked out of attention.
 """
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from llama_course.model import Llama
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise a ValueError naming a sampling setting out of range (NaN and infinity included)."""
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 means greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
 
 
 def sample_next_token(
@@ -23,12 +34,7 @@ def sample_next_token(
     """Pick one token per row of `logits` (B, V): argmax when temperature == 0, otherwise sample from
     softmax(logits / temperature) restricted to the top_k most likely tokens and/or the smallest set whose
     probability reaches top_p."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1 or None")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -130,6 +136,7 @@ def generate_stream(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), step by step, sampled as `sample_next_token` says (greedy by
     default); finished sequences yield `pad_id`. See `decode` for when it stops and `use_cache`."""
+    check_sampling(temperature, top_k, top_p)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.output.weight.device).manual_seed(seed)
@@ -139,6 +146,7 @@ def generate_stream(
 
     for _, token in decode(model, prompts, max_new_tokens, choose, eos_id=eos_id, pad_id=pad_id, use_cache=use_cache):
         yield token
+
 
 def generate(model: Llama, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
     """The new tokens of each prompt (its EOS included when produced), as lists; see `generate_stream`."""

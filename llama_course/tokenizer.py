@@ -93,6 +93,8 @@ def train_tokenizer(
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 failure.append(TypeError(f"texts[{index}] is a {type(text).__name__}, expected str"))
+            elif (problem := invalid_unicode(text, f"texts[{index}]")) is not None:
+                failure.append(ValueError(problem))
             elif (n_bytes := len(text.encode("utf-8"))) > max_text_bytes:
                 message = (
                     f"texts[{index}] is {n_bytes} UTF-8 bytes, above max_text_bytes={max_text_bytes}: "
@@ -120,6 +122,16 @@ def train_tokenizer(
         raise ValueError(f"SentencePiece could not train with vocab_size={vocab_size}: {error}") from None
     _write_atomically(Path(model_path), model_bytes.getvalue())
     return Tokenizer(model_path)
+
+
+def invalid_unicode(text: str, name: str) -> str | None:
+    """Why `text` cannot be tokenized (it holds a lone surrogate, which has no UTF-8 encoding), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"{name} holds {text[error.start:error.end]!r} at character {error.start}, a lone surrogate that is "
+                "not valid Unicode text; remove it, or decode the source with errors='replace'")
+    return None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -201,8 +213,12 @@ class Tokenizer:
             for index, item in enumerate(text):
                 if not isinstance(item, str):
                     raise TypeError(f"text[{index}] is a {type(item).__name__}, expected str")
+                if (problem := invalid_unicode(item, f"text[{index}]")) is not None:
+                    raise ValueError(problem)
         elif not isinstance(text, str):
             raise TypeError(f"encode takes a str or a list of str, got {type(text).__name__}")
+        elif (problem := invalid_unicode(text, "the text")) is not None:
+            raise ValueError(problem)
         return self._processor.encode(text, add_bos=bos, add_eos=eos)
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -25,6 +25,8 @@ several processes that average their gradients compute exactly the gradient of o
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llama_course.training.distributed import all_reduce_sum
@@ -47,14 +49,18 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     The policy samples from softmax(logits / T), so its log-probabilities, the reference's and the KL
     between them must all use the same T (with T = 1 here and 0.7 at sampling, the KL goes negative).
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0: PPO needs the log-probability of a sampled token")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature={temperature} must be > 0 and finite: PPO needs the log-probability of a "
+                         "sampled token")
     scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     return scaled.log_softmax(dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Entropy in nats of softmax(logits / temperature) along the last dimension: (..., V) -> (...)."""
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature={temperature} must be a positive finite number (greedy decoding, T = 0, "
+                         "has no distribution to measure)")
     log_probs = (logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature).log_softmax(dim=-1)
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
@@ -77,12 +83,14 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index (B,) of each row's last 1 in a right-padded response mask (B, L); a row of zeros is an error."""
-    lengths = mask.long().sum(dim=1)
-    if bool((lengths == 0).any()):
-        raise ValueError(f"response rows {(lengths == 0).nonzero().flatten().tolist()} have no token: every "
+    """Index (B,) of each row's last 1 in a response mask (B, L), right- or left-padded; a row of zeros is an
+    error."""
+    mask = mask.long()
+    empty = mask.sum(dim=1) == 0
+    if bool(empty.any()):
+        raise ValueError(f"response rows {empty.nonzero().flatten().tolist()} have no token: every "
                          "response has at least one (its EOS, or its first token when cut at max_new_tokens)")
-    return lengths - 1
+    return (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(dim=1)
 
 
 def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
@@ -90,7 +98,7 @@ def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     """The reward of every response token (B, L): `-beta * k1_t`, plus the sequence's score at its last token.
 
     scores: (B,) the whitened `R~_c` of each response; logprobs, ref_logprobs: (B, L) of the sampled tokens
-    under the policy and the reference; mask: (B, L) 1 on response tokens (right-padded). The last token is
+    under the policy and the reference; mask: (B, L) 1 on response tokens (either padding). The last token is
     the EOS when the response has one; a response cut at the length limit is rewarded at its last token
     (the caller decides how to score it, see `ppo_train.score_rollout`). Summed over the response, the
     rewards are `R~_c - beta * k1`, the paper's R(g | p).
@@ -183,6 +191,8 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     update, as the policy may move its ratio (the usual PPO implementation detail).
     """
     check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    if not clip > 0:
+        raise ValueError(f"clip={clip} must be > 0 (the largest move of a value per update; PPO uses 0.2)")
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     losses = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
     return masked_token_mean(losses, mask, normalizer)

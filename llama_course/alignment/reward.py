@@ -51,6 +51,11 @@ def margin_table(name: str) -> dict[str, float]:
 def margins_for(strength_index: torch.Tensor, margin: str) -> torch.Tensor:
     """The margin of each pair, (N,) float, from its strength's index into `STRENGTHS`."""
     table = torch.tensor([margin_table(margin)[strength] for strength in STRENGTHS], dtype=torch.float64)
+    strength_index = torch.as_tensor(strength_index)
+    outside = (strength_index < 0) | (strength_index >= len(STRENGTHS))
+    if bool(outside.any()):
+        raise ValueError(f"strength indices {strength_index[outside].unique().tolist()} are outside "
+                         f"[0, {len(STRENGTHS)}): they index {STRENGTHS}")
     return table.to(strength_index.device)[strength_index]
 
 
@@ -63,6 +68,9 @@ def margin_ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin
     if r_chosen.shape != r_rejected.shape:
         raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} must match")
     margin = torch.as_tensor(margin, dtype=r_chosen.dtype, device=r_chosen.device)
+    if margin.dim() and margin.shape != r_chosen.shape:
+        raise ValueError(f"margin {tuple(margin.shape)} must be a number or one margin per pair, shaped like the "
+                         f"scores {tuple(r_chosen.shape)} (a (N, 1) margin would broadcast to (N, N))")
     return F.softplus(-(r_chosen - r_rejected - margin))
 
 
@@ -176,6 +184,9 @@ def combine_rewards(
         raise ValueError(f"helpfulness {tuple(helpfulness.shape)}, safety {tuple(safety.shape)} and is_safety "
                          f"{tuple(is_safety.shape)} must have the same shape")
     for name, scores in (("helpfulness", helpfulness), ("safety", safety)):
+        if bool(scores.isnan().any()):
+            raise ValueError(f"{name} scores hold NaN at {scores.isnan().nonzero().flatten().tolist()[:8]}: the "
+                             "reward model's output is broken (check its weights and inputs)")
         if scores.numel() and (float(scores.min()) < 0 or float(scores.max()) > 1):
             raise ValueError(f"{name} scores must be sigmoid scores in [0, 1], got values in "
                              f"[{float(scores.min())}, {float(scores.max())}]: apply torch.sigmoid to raw RM scores")
