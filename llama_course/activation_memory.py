@@ -21,6 +21,9 @@ TP divides the attention and SwiGLU terms by t; SP also divides the norms' terms
 layers stay whole under PyTorch's SP: DTensor keeps the all-gathered input for the weight gradient, where
 Megatron-LM keeps the rank's sequence shard and gathers it again in backward (`gathered_inputs_kept=False`).
 
+`ScaleOutPlan`, `per_gpu_memory` and `communication_per_step` put the formula to work for a whole model: what a
+GPU holds and sends per step under FSDP alone or TP + SP + data parallelism (chapter 9's Llama 1 65B table).
+
 `measure_block_activation_bytes` measures the same quantity on a real `TransformerBlock` (optionally split over a
 tensor mesh) with `profiling.bytes_kept_for_backward`. Run on 2 CPU processes, it writes `rank{r}.json`:
 
@@ -39,7 +42,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor.parallel import parallelize_module
 
-from llama_course.config import PRESETS, ModelConfig
+from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.layers.rope import rope_angles
 from llama_course.model import TransformerBlock
 from llama_course.profiling import bytes_kept_for_backward
@@ -109,6 +112,64 @@ def korthikanti_activation_bytes(
     if sequence_parallel:
         return s * b * h * (34 + attention_core) / t
     return s * b * h * (10 + (24 + attention_core) / t)
+
+
+@dataclass(frozen=True)
+class ScaleOutPlan:
+    """How `tensor_parallel x data_parallel` GPUs share a model trained with bf16 compute, fp32 AdamW states.
+
+    `shard_weights`: FSDP / ZeRO-3 over the data ranks (weights, gradients and states sharded, a block's bf16
+    weights gathered while it computes, the next one prefetched); otherwise ZeRO-1 as in Megatron-LM (bf16
+    weights and fp32 gradients replicated over the data ranks, fp32 master weights and moments sharded).
+    """
+
+    name: str
+    tensor_parallel: int
+    data_parallel: int
+    shard_weights: bool
+    sequence_parallel: bool = True
+    gathered_inputs_kept: bool = True  # PyTorch's SP; False: Megatron-LM re-gathers them in backward
+
+
+def per_gpu_memory(config: ModelConfig, plan: ScaleOutPlan, seq_len: int, micro_batch: int = 1) -> dict[str, float]:
+    """Bytes one GPU holds at the peak of a micro-batch: training state, gathered weights, activations.
+
+    Activations are kept for the whole backward (no recomputation); the logits are not counted (the fused,
+    chunked output projection and cross-entropy never hold them whole).
+    """
+    n, t, d = count_parameters(config), plan.tensor_parallel, plan.data_parallel
+    block = count_parameters(config) - count_parameters(dataclasses.replace(config, n_layers=config.n_layers - 1))
+    if plan.shard_weights:
+        state, gathered = 16 * n / (t * d), 2 * 2 * block / t
+    else:
+        state, gathered = (2 + 4) * n / t + 12 * n / (t * d), 0.0
+    activations = config.n_layers * llama_activation_bytes(
+        config, seq_len, micro_batch, tensor_parallel=t, sequence_parallel=plan.sequence_parallel and t > 1,
+        gathered_inputs_kept=plan.gathered_inputs_kept)
+    return {"training state": state, "gathered weights": gathered, "activations": activations}
+
+
+def communication_per_step(
+    config: ModelConfig, plan: ScaleOutPlan, seq_len: int, global_batch: int, micro_batch: int = 1
+) -> dict[str, float]:
+    """Bytes each GPU sends per optimizer step of `global_batch` sequences, by scheme (ring collectives).
+
+    Tensor parallelism, per micro-batch: 4 collectives per layer forward (all-gather before attention and
+    SwiGLU, reduce-scatter after wo and w2, or 2 all-reduces without SP, the same bytes) and 4 backward, plus
+    the embedding and output, each moving (t-1)/t of the (s, b, h) bf16 activations. Data parallelism: FSDP
+    gathers the bf16 weights in forward and in backward of every micro-batch and reduce-scatters fp32 gradients
+    once per step; ZeRO-1 reduce-scatters the gradients and all-gathers the updated bf16 weights once per step.
+    """
+    n, t, d, h = count_parameters(config), plan.tensor_parallel, plan.data_parallel, config.dim
+    if global_batch % (d * micro_batch):
+        raise ValueError(f"global_batch={global_batch} is not a multiple of data_parallel x micro_batch = "
+                         f"{d * micro_batch}")
+    micro_batches = global_batch // (d * micro_batch)
+    activation_bytes = 2 * seq_len * micro_batch * h
+    tensor = micro_batches * (8 * config.n_layers + 4) * (t - 1) / t * activation_bytes
+    share = (d - 1) / d
+    data = (micro_batches * 2 * 2 + 4) * n / t * share if plan.shard_weights else (4 + 2) * n / t * share
+    return {"tensor parallel": tensor, "data parallel": data}
 
 
 def measure_block_activation_bytes(

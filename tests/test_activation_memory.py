@@ -10,13 +10,16 @@ from local_processes import free_port, set_process_env
 
 from llama_course.activation_memory import (
     SCHEMES,
+    ScaleOutPlan,
+    communication_per_step,
     korthikanti_activation_bytes,
     llama_activation_bytes,
     llama_activation_terms,
     main,
     measure_block_activation_bytes,
+    per_gpu_memory,
 )
-from llama_course.config import PRESETS
+from llama_course.config import PRESETS, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +84,24 @@ def test_korthikanti_formulas_are_those_of_the_paper():
 def test_a_sequence_that_does_not_split_is_refused():
     with pytest.raises(ValueError, match="seq_len=31 is not divisible by tensor_parallel=2"):
         llama_activation_terms(TINY, 31, 1, tensor_parallel=2, sequence_parallel=True)
+
+
+def test_llama_65b_on_2048_gpus_fsdp_against_tensor_and_sequence_parallelism():
+    config, n = PRESETS["llama1-65b"], count_parameters(PRESETS["llama1-65b"])
+    fsdp = ScaleOutPlan("fsdp", tensor_parallel=1, data_parallel=2048, shard_weights=True, sequence_parallel=False)
+    megatron = ScaleOutPlan("tp8", tensor_parallel=8, data_parallel=256, shard_weights=False)
+    memory = per_gpu_memory(config, fsdp, 2048)
+    assert memory["training state"] == pytest.approx(16 * n / 2048)
+    assert memory["gathered weights"] == pytest.approx(2 * 2 * (n - 2 * 32000 * 8192 - 8192) / 80)  # 2 bf16 blocks
+    assert memory["activations"] == pytest.approx(80 * llama_activation_bytes(config, 2048, 1))
+    tp_memory = per_gpu_memory(config, megatron, 2048)
+    assert tp_memory["training state"] == pytest.approx(6 * n / 8 + 12 * n / 2048)
+    assert tp_memory["activations"] < memory["activations"] / 4
+    # one sequence per GPU per step (2,048 of 2,048 tokens): FSDP moves 8 bytes per parameter over the network
+    assert communication_per_step(config, fsdp, 2048, 2048) == pytest.approx(
+        {"tensor parallel": 0.0, "data parallel": 8 * n * 2047 / 2048})
+    traffic = communication_per_step(config, megatron, 2048, 2048)
+    assert traffic["data parallel"] == pytest.approx(6 * n / 8 * 255 / 256)
+    assert traffic["tensor parallel"] == pytest.approx(8 * (8 * 80 + 4) * 7 / 8 * 2 * 2048 * 8192)
+    with pytest.raises(ValueError, match="global_batch=100 is not a multiple of data_parallel x micro_batch = 256"):
+        communication_per_step(config, megatron, 2048, 100)
