@@ -9,7 +9,9 @@
         # END SOLUTION
 
 The student notebook `exercises/NN_name.md` and its jupytext-paired `exercises/NN_name.ipynb` are the same
-notebook with every such block replaced by `raise NotImplementedError`, at the block's indentation.
+notebook with every such block replaced by `raise NotImplementedError`, at the block's indentation. Its
+metadata records the exercise (`llama_course: {exercise: NN_name}`), by which `llama-course grade` grades a
+renamed copy ("Copy of NN_name.ipynb").
 
     python -m llama_course.grading.generate            # rewrite every student notebook
     python -m llama_course.grading.generate --check    # exit 1 when one is missing or out of date
@@ -51,14 +53,17 @@ def strip_solutions(source: str, where: str = "the cell") -> str:
 
 
 def student_notebook(solution: nbformat.NotebookNode, name: str = "the notebook") -> nbformat.NotebookNode:
-    """The student version of a solution notebook: solutions stripped, paired as `ipynb,md:myst`, no outputs."""
+    """The student version of the solution notebook `name` ("02_rmsnorm.md"): solutions stripped, paired as
+    `ipynb,md:myst`, no outputs, the exercise recorded in its metadata."""
     notebook = copy.deepcopy(solution)
     for index, cell in enumerate(notebook.cells):
         cell.id = f"cell-{index}"  # stable ids: regenerating an unchanged exercise leaves its files unchanged
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source, f"{name}, cell {index + 1}")
             cell.outputs, cell.execution_count = [], None
-    notebook.metadata.setdefault("jupytext", {})["formats"] = STUDENT_FORMATS
+    jupytext_options = notebook.metadata.setdefault("jupytext", {})
+    jupytext_options.update(formats=STUDENT_FORMATS, notebook_metadata_filter="llama_course")
+    notebook.metadata["llama_course"] = {"exercise": Path(name).stem}
     return notebook
 
 
@@ -95,8 +100,9 @@ def out_of_sync(solutions_dir: Path, exercises_dir: Path) -> list[str]:
     return problems
 
 
-def _cells(notebook: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
-    return [(cell.cell_type, cell.source.strip(), cell.metadata.get("tags", [])) for cell in notebook.cells]
+def _cells(notebook: nbformat.NotebookNode) -> tuple[object, list[tuple[str, str, list[str]]]]:
+    return (notebook.metadata.get("llama_course"),
+            [(cell.cell_type, cell.source.strip(), cell.metadata.get("tags", [])) for cell in notebook.cells])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,14 @@ package's reference on random inputs or checks a property, and raises (usually `
     @exercise.test("rms_norm", points=2)
     def matches_the_reference_in_float64(rms_norm): ...
 
+    exercise.references("rms_norm", RMSNorm)  # a student function that calls RMSNorm scores zero on the task
+
 The tests of chapter NN live in `llama_course.grading.checks.exNN_name`, a module that defines `EXERCISE`.
 """
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +40,7 @@ class Task:
 
     function: str
     tests: list[GradedTest] = field(default_factory=list)
+    references: list[object] = field(default_factory=list)  # the package's functions and classes doing the same
 
     @property
     def points(self) -> int:
@@ -56,6 +60,15 @@ class Exercise:
     def points(self) -> int:
         return sum(task.points for task in self.tasks.values())
 
+    @property
+    def module(self) -> str:
+        """The module that defines this exercise and its tests, which the test worker imports."""
+        modules = {test.check.__module__ for task in self.tasks.values() for test in task.tests}
+        if len(modules) != 1:
+            raise ValueError(f"the tests of {self.name} come from {len(modules)} modules {sorted(modules)}; "
+                             "define them all in the module that defines the exercise")
+        return modules.pop()
+
     def test(self, function: str, points: int) -> Callable[[TestFunction], TestFunction]:
         """Register the decorated function as a test of the task `function`; its name names the behaviour."""
         if points <= 0:
@@ -68,6 +81,12 @@ class Exercise:
 
         return register
 
+    def references(self, function: str, *implementations: object) -> None:
+        """Name the package's implementations of task `function` (functions, classes): calling one scores zero."""
+        if function not in self.tasks:
+            raise ValueError(f"task {function!r} of {self.name} has no test yet; register its tests first")
+        self.tasks[function].references.extend(implementations)
+
 
 def exercise_modules() -> list[str]:
     """Names of the modules under `llama_course.grading.checks`, one per exercise, in chapter order."""
@@ -77,6 +96,13 @@ def exercise_modules() -> list[str]:
 def all_exercises() -> list[Exercise]:
     """Every gradable exercise, in chapter order."""
     return [importlib.import_module(f"{checks.__name__}.{module}").EXERCISE for module in exercise_modules()]
+
+
+def exercise_name_in(text: str) -> str | None:
+    """The exercise name ("04_rope") inside a file name such as "Copy of 04_rope (1)", or None."""
+    found = [module[2:] for module in exercise_modules()
+             if re.search(rf"(?<![0-9]){module[2:]}(?![a-z0-9])", text.lower())]
+    return found[0] if found else None
 
 
 def find_exercise(key: int | str) -> Exercise:

@@ -4,6 +4,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llama_course.grading.registry import Exercise
+
 
 @dataclass(frozen=True)
 class TestResult:
@@ -60,6 +62,22 @@ class ExerciseResult:
 
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def validate(result: ExerciseResult, exercise: Exercise) -> ExerciseResult:
+    """`result` unchanged when it has exactly `exercise`'s tasks and tests, each earning 0 or its points as an
+    int; a RuntimeError (a grader bug, never the student's doing) otherwise."""
+    expected = [(task.function, [(test.name, test.points) for test in task.tests]) for task in exercise.tasks.values()]
+    got = [(task.function, [(test.name, test.points) for test in task.tests]) for task in result.tasks]
+    if result.exercise != exercise.name or got != expected:
+        raise RuntimeError(f"the results of {result.exercise} do not list the tasks and tests of {exercise.name}")
+    for task in result.tasks:
+        for test in task.tests:
+            if type(test.earned) is not int or test.earned not in (0, test.points):
+                raise RuntimeError(f"{task.function}: test {test.name!r} earned {test.earned!r} of {test.points}")
+    if not 0 <= result.earned <= result.points == exercise.points:
+        raise RuntimeError(f"score {result.earned}/{result.points} of {exercise.name} is out of range")
+    return result
 
 
 def format_report(result: ExerciseResult) -> str:

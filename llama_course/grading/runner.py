@@ -1,15 +1,23 @@
-"""Grade an exercise notebook file: execute it in a fresh kernel, then grade the functions it defined there.
+"""Grade an exercise notebook file: run it in a fresh kernel, then test its functions in a separate worker.
 
-The notebook (`.ipynb`, or the jupytext `.md` of a solution) runs top to bottom with nbclient, errors allowed,
-each cell under a time limit, in the notebook's folder. Its own `grade_here(...)` cell is skipped; instead a
-last cell grades the kernel's globals (see `llama_course.grading.grader`) and writes the results to a JSON
-file that this process reads back, so nothing the notebook prints can be mistaken for a result.
+1. A test worker (`llama_course.grading.worker`) starts and loads the checks; the notebook's kernel starts
+   beside it, with a scrubbed environment, in a scratch folder, in a process group of its own.
+2. Once the worker is ready, the notebook (`.ipynb`, or a solution's jupytext `.md`) runs top to bottom,
+   errors allowed; its own `grade_here(...)` cell is skipped. A watchdog interrupts a cell that outlives
+   `--cell-timeout` or the whole notebook at `--time-limit`, and kills the kernel with everything it started
+   when the interrupt is ignored. The last cell hands the task functions over as pickles (`export.py`).
+3. The kernel and its processes are killed, the grader's own files are restored from the snapshot taken before
+   the notebook started, and the worker tests the functions; the grader alone scores its answers and writes
+   the report. A notebook (or a function) that changed the grader's files is not graded.
 """
 
-import json
 import os
+import signal
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jupytext
@@ -17,86 +25,127 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-import llama_course
-from llama_course.grading.grader import DEFAULT_CELL_TIMEOUT_S, DEFAULT_TEST_TIMEOUT_S
-from llama_course.grading.registry import Exercise, find_exercise
-from llama_course.grading.report import ExerciseResult, TaskResult, TestResult
+from llama_course.grading.grader import (
+    DEFAULT_CELL_TIMEOUT_S,
+    DEFAULT_TEST_TIMEOUT_S,
+    DEFAULT_TIME_LIMIT_S,
+    TestWorker,
+    score,
+)
+from llama_course.grading.protection import GraderFiles, kill_process_tree, scrubbed_environment
+from llama_course.grading.registry import Exercise, exercise_name_in, find_exercise
+from llama_course.grading.report import ExerciseResult
 
 GRADE_HERE_CALL = "grade_here("
+INTERRUPT_GRACE_S = 10.0  # how long an interrupted cell has to stop before the kernel is killed
 
 
-def exercise_of(path: Path) -> Exercise:
-    """The exercise a notebook belongs to, from its file name: `02_rmsnorm.ipynb` -> exercise "02_rmsnorm"."""
+def exercise_of(path: Path, notebook: nbformat.NotebookNode, name: str | None = None) -> Exercise:
+    """The exercise to grade: `name` if given, else the one the notebook records in its metadata (the student
+    notebooks do), else the one in its file name ("Copy of 04_rope.ipynb" -> 04_rope)."""
+    recorded = notebook.metadata.get("llama_course", {}).get("exercise")
+    key = name or (recorded if isinstance(recorded, str) else None) or exercise_name_in(path.stem)
+    if key is None:
+        raise ValueError(f"{path} records no exercise and its name holds none; pass --exercise, e.g. "
+                         "--exercise 02_rmsnorm")
+    return find_exercise(key)
+
+
+class Watchdog:
+    """Interrupts the running cell at its time limit or the notebook's, and kills the kernel if that is ignored."""
+
+    def __init__(self, client: NotebookClient, cell_timeout_s: float, time_limit_s: float) -> None:
+        self.client, self.cell_timeout_s = client, cell_timeout_s
+        self.deadline = time.monotonic() + time_limit_s
+        self.cell: tuple[int, float] | None = None  # (index, start) of the running cell
+        self.reason: str | None = None  # why the kernel was killed
+        self.stopped = threading.Event()
+
+    def cell_started(self, cell: nbformat.NotebookNode, cell_index: int, **_: object) -> None:
+        self.cell = (cell_index, time.monotonic())
+
+    def kernel_pid(self) -> int | None:
+        return getattr(getattr(self.client.km, "provisioner", None), "pid", None)
+
+    def kill_kernel(self) -> None:
+        if (pid := self.kernel_pid()) is not None:
+            kill_process_tree(pid)
+
+    def watch(self) -> None:
+        interrupted: tuple[int, float] | None = None
+        while not self.stopped.wait(0.2):
+            if self.cell is None or (pid := self.kernel_pid()) is None:
+                continue
+            index, start = self.cell
+            late_by = max(time.monotonic() - start - self.cell_timeout_s, time.monotonic() - self.deadline)
+            if late_by > 0 and interrupted != self.cell:
+                interrupted = self.cell
+                os.killpg(pid, signal.SIGINT)  # a KeyboardInterrupt in the cell
+            elif late_by > INTERRUPT_GRACE_S and interrupted == self.cell:
+                limit = "its time limit" if time.monotonic() < self.deadline else "the notebook's time limit"
+                self.reason = (f"cell {index + 1} ran past {limit} and ignored the interrupt: the kernel was "
+                               "stopped and the cells after it never ran")
+                self.kill_kernel()
+                return
+
+
+def run_notebook(notebook: nbformat.NotebookNode, folder: Path, cell_timeout_s: float, time_limit_s: float,
+                 before_first_cell: Callable[[], None]) -> list[str]:
+    """Execute `notebook` in `folder` under the watchdog; return notes on what went wrong in it."""
+    client = NotebookClient(notebook, timeout=None, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(folder)}})
+    watchdog = Watchdog(client, cell_timeout_s, time_limit_s)
+    client.on_notebook_start = lambda **_: before_first_cell()
+    client.on_cell_execute = watchdog.cell_started
+    last = notebook.cells[-1]
+    client.on_cell_executed = lambda cell, **_: watchdog.kill_kernel() if cell is last else None
+    thread = threading.Thread(target=watchdog.watch, daemon=True)
+    thread.start()
+    notes = []
     try:
-        return find_exercise(path.stem)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}; an exercise notebook keeps its name, e.g. exercises/02_rmsnorm.ipynb"
-                         ) from None
+        client.execute(env=scrubbed_environment(), stderr=subprocess.DEVNULL)  # the kernel's own log lines
+    except DeadKernelError:
+        notes.append(watchdog.reason or "the notebook's kernel died: did a cell call exit() or run out of memory?")
+    finally:
+        watchdog.stopped.set()
+        watchdog.kill_kernel()  # and whatever the notebook started in the background
+        thread.join()
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                where = "the grading cell" if cell is last else f"cell {index + 1}"
+                notes.append(f"{where} raised {output['ename']}: {output['evalue']}"[:300])
+    return notes
 
 
 def grade_notebook(
     path: str | Path,
     test_timeout_s: float = DEFAULT_TEST_TIMEOUT_S,
     cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    exercise_name: str | None = None,
 ) -> ExerciseResult:
-    """Execute the notebook at `path` and grade its task functions; never raises for what the notebook does."""
+    """Run the notebook at `path` and grade its task functions; never raises for what the notebook does."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no notebook at {str(path)!r}; pass an exercise such as exercises/02_rmsnorm.ipynb")
-    exercise = exercise_of(path)
     notebook = jupytext.read(path)
-    notebook.cells = [cell for cell in notebook.cells
-                      if not (cell.cell_type == "code" and GRADE_HERE_CALL in cell.source)]
+    exercise = exercise_of(path, notebook, exercise_name)
+    grader_files = GraderFiles()
     with tempfile.TemporaryDirectory(prefix="llama-course-grade-") as scratch:
-        results_path = Path(scratch) / "results.json"
-        grading_cell = nbformat.v4.new_code_cell(
-            "from llama_course.grading.grader import grade_namespace as _grade_namespace\n"
-            "from llama_course.grading.registry import find_exercise as _find_exercise\n"
-            f"_grade_namespace(globals(), _find_exercise({exercise.name!r}), {test_timeout_s!r})"
-            f".write_json({str(results_path)!r})"
-        )
-        notebook.cells.append(grading_cell)
-        grading_timeout = int(sum(len(task.tests) for task in exercise.tasks.values()) * (test_timeout_s + 5) + 60)
-        client = NotebookClient(
-            notebook,
-            timeout=int(cell_timeout_s),
-            timeout_func=lambda cell: grading_timeout if cell is grading_cell else int(cell_timeout_s),
-            kernel_name="python3",
-            allow_errors=True,
-            interrupt_on_timeout=True,
-            resources={"metadata": {"path": str(path.resolve().parent)}},
-        )
-        notes = []
-        try:
-            client.execute(env=_kernel_environment(), stderr=subprocess.DEVNULL)  # the kernel's own log lines
-        except DeadKernelError as error:
-            notes.append(f"the notebook's kernel died ({error}); did a cell call exit() or run out of memory?")
-        notes += _cell_errors(notebook, grading_cell)
-        if not results_path.exists():
-            return _nothing_graded(exercise, notes or ["the grading cell did not finish"])
-        result = ExerciseResult.from_dict(json.loads(results_path.read_text()))
-    return ExerciseResult(result.exercise, result.tasks, notes)
-
-
-def _kernel_environment() -> dict[str, str]:
-    """The grader's environment, with the folder holding this `llama_course` first on the kernel's path."""
-    env = dict(os.environ)
-    package_root = str(Path(llama_course.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    return env
-
-
-def _cell_errors(notebook: nbformat.NotebookNode, grading_cell: nbformat.NotebookNode) -> list[str]:
-    notes = []
-    for index, cell in enumerate(notebook.cells):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                where = "the grading cell" if cell is grading_cell else f"cell {index + 1}"
-                notes.append(f"{where} raised {output['ename']}: {output['evalue']}"[:300])
-    return notes
-
-
-def _nothing_graded(exercise: Exercise, notes: list[str]) -> ExerciseResult:
-    tasks = [TaskResult(task.function, [TestResult(test.name, test.points, 0, "not graded: see the notes")
-                                        for test in task.tests]) for task in exercise.tasks.values()]
-    return ExerciseResult(exercise.name, tasks, notes)
+        functions = Path(scratch) / "functions.json"
+        notebook.cells = [cell for cell in notebook.cells
+                          if not (cell.cell_type == "code" and GRADE_HERE_CALL in cell.source)]
+        notebook.cells.append(nbformat.v4.new_code_cell(
+            "from llama_course.grading.export import write_functions as _write_functions\n"
+            f"_write_functions(globals(), {list(exercise.tasks)!r}, {str(functions)!r})"))
+        with TestWorker(exercise, Path(scratch)) as worker:
+            notes = run_notebook(notebook, Path(scratch), cell_timeout_s, time_limit_s, worker.ready)
+            changed = grader_files.restore()
+            outcomes = worker.run(functions, test_timeout_s) if functions.exists() and not changed else {}
+        changed += grader_files.restore()
+    if changed:
+        notes.append(f"the notebook changed the grader's files ({', '.join(sorted(set(changed)))}); they were "
+                     "restored and the notebook is not graded")
+        outcomes = {}
+    return score(exercise, outcomes, notes, missing="not graded: see the notes")

@@ -103,3 +103,8 @@ def answer_mask_covers_the_answers_and_their_eos_only(encode_dialog_student):
         _, mask = encode_dialog_student(tokenizer, dialog)
         assert_equal([bool(m) for m in mask], encode_dialog(tokenizer, dialog).answer_mask,
                      what=f"the answer mask of dialog {index}")
+
+
+EXERCISE.references("bpe_pieces", Tokenizer, spm.SentencePieceProcessor)
+EXERCISE.references("split_digits", Tokenizer, spm.SentencePieceProcessor)
+EXERCISE.references("encode_dialog", encode_dialog)

@@ -97,3 +97,7 @@ def adds_each_sublayer_output_to_the_residual_stream(pre_norm_block):
     assert_tensor_close(out, 6 * x, atol=1e-12, what="the block with attention(h) = 2h, ffn(h) = h, no norms")
     zero = pre_norm_block(x, torch.zeros_like, torch.zeros_like, identity, identity)
     assert_tensor_close(zero, x, atol=0.0, rtol=0.0, what="the block whose sublayers output zeros")
+
+
+EXERCISE.references("rms_norm", RMSNorm, torch.nn.RMSNorm, torch.nn.functional.rms_norm)
+EXERCISE.references("pre_norm_block", TransformerBlock)

@@ -78,3 +78,8 @@ def matches_the_reference_on_random_sizes(ffn_hidden_dim_student):
         got = ffn_hidden_dim_student(dim, multiple_of, multiplier)
         assert_equal(got, ffn_hidden_dim(dim, multiple_of, multiplier),
                      what=f"ffn_hidden_dim({dim}, {multiple_of}, {multiplier})")
+
+
+EXERCISE.references("silu", F.silu, torch.nn.SiLU)
+EXERCISE.references("swiglu_ffn", FeedForward)
+EXERCISE.references("ffn_hidden_dim", ffn_hidden_dim)

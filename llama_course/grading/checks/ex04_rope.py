@@ -111,3 +111,9 @@ def permuted_weights_give_the_same_scores_with_rotate_half(permute_meta_to_hf_st
     hf = scores(permute_meta_to_hf_student(wq, n_heads), permute_meta_to_hf_student(wk, n_heads),
                 apply_rope_rotate_half)
     assert_tensor_close(hf, meta, atol=1e-9, rtol=1e-9, what="the rotate_half scores with your permuted weights")
+
+
+EXERCISE.references("rope_angles", rope_angles)
+EXERCISE.references("apply_rope_interleaved", apply_rope_interleaved)
+EXERCISE.references("apply_rope_rotate_half", apply_rope_rotate_half)
+EXERCISE.references("permute_meta_to_hf", permute_meta_to_hf)

@@ -106,3 +106,9 @@ def fewer_kv_heads_shrink_the_cache_proportionally(kv_cache_size_bytes):
     mha, gqa, mqa = (kv_cache_size_bytes(80, n_kv_heads, 128, 4096, 1, 2) for n_kv_heads in (64, 8, 1))
     assert_equal((mha // gqa, mha // mqa, mha % gqa, mha % mqa), (8, 64, 0, 0),
                  what="(MHA / GQA, MHA / MQA, remainders) for 64, 8 and 1 KV heads")
+
+
+EXERCISE.references("repeat_kv", repeat_kv)
+EXERCISE.references("causal_mask", causal_mask)
+EXERCISE.references("update_cache", KVCache)
+EXERCISE.references("kv_cache_size_bytes", kv_cache_bytes)

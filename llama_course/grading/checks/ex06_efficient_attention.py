@@ -13,7 +13,13 @@ from llama_course.grading.assertions import assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.layers.attention import eager_attention
 from llama_course.layers.checkpointing import rms_norm_backward
-from llama_course.layers.efficient_attention import attention_forward_with_lse, blockwise_attention_forward
+from llama_course.layers.efficient_attention import (
+    MemoryEfficientAttention,
+    attention_backward_from_lse,
+    attention_forward_with_lse,
+    blockwise_attention_backward,
+    blockwise_attention_forward,
+)
 
 EXERCISE = Exercise(chapter=6, name="06_efficient_attention", title="Memory-efficient causal attention")
 
@@ -169,3 +175,11 @@ def moving_x_along_itself_changes_nothing_when_eps_is_zero(rms_norm_backward_stu
     grad_x, _ = rms_norm_backward_student(grad_out, x, torch.ones(32, dtype=torch.float64), 0.0)
     assert_tensor_close((grad_x * x).sum(-1), torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0.0,
                         what="sum(grad_x * x) of each row (RMSNorm(c x) = RMSNorm(x) for eps = 0)")
+
+
+EXERCISE.references("merge_softmax_states", blockwise_attention_forward, attention_forward_with_lse)
+EXERCISE.references("blockwise_causal_attention", blockwise_attention_forward, attention_forward_with_lse,
+                    eager_attention, MemoryEfficientAttention)
+EXERCISE.references("attention_backward", blockwise_attention_backward, attention_backward_from_lse,
+                    MemoryEfficientAttention)
+EXERCISE.references("rms_norm_backward", rms_norm_backward)

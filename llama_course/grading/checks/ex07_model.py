@@ -87,3 +87,8 @@ def a_later_token_never_changes_earlier_logits(llama_logits):
         before, after = llama_logits(model, tokens), llama_logits(model, changed)
     assert_tensor_close(after[:, :6], before[:, :6], atol=1e-12, rtol=0,
                         what="the logits of positions 0-5 after changing token 6")
+
+
+EXERCISE.references("count_llama_parameters", count_parameters)
+EXERCISE.references("meta_to_hf_state_dict", to_hf_state_dict)
+EXERCISE.references("llama_logits", Llama.forward)

@@ -4,13 +4,12 @@ Llama 1, section 2.2 (AdamW, weight decay 0.1, cosine schedule to 10% after 2,00
 count of PaLM, appendix B.
 """
 
-import math
 
 import torch
 from torch import nn
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
-from llama_course.grading.assertions import assert_equal
+from llama_course.grading.assertions import assert_equal, assert_number_close
 from llama_course.grading.registry import Exercise
 from llama_course.model import Llama
 from llama_course.training.mfu import training_flops_per_token as reference_flops_per_token
@@ -22,28 +21,22 @@ EXERCISE = Exercise(chapter=8, name="08_pretraining", title="Pretraining")
 SCHEDULES = ((20, 100, 0.1), (2000, 10000, 0.1), (1, 7, 0.0), (5, 5, 0.3))
 
 
-def assert_close(actual, expected: float, what: str, tolerance: float = 1e-12) -> None:
-    if not isinstance(actual, (int, float)) or isinstance(actual, bool):
-        raise AssertionError(f"{what} should be a float, got {type(actual).__name__}")
-    if not math.isclose(actual, expected, rel_tol=tolerance, abs_tol=tolerance):
-        raise AssertionError(f"{what} is {actual!r}, expected {expected!r}")
-
-
 @EXERCISE.test("warmup_cosine_factor", points=2)
 def factor_matches_the_reference_at_every_step(warmup_cosine_factor):
     for warmup, total, final in SCHEDULES:
         for step in sorted({*range(0, total + 3, max(1, total // 37)), warmup - 1, warmup, total - 1, total}):
             if step < 0:
                 continue
-            assert_close(warmup_cosine_factor(step, warmup, total, final), reference_factor(step, warmup, total, final),
-                         what=f"the factor at step {step} (warmup {warmup}, total {total}, final ratio {final})")
+            assert_number_close(warmup_cosine_factor(step, warmup, total, final),
+                                reference_factor(step, warmup, total, final),
+                                what=f"the factor at step {step} (warmup {warmup}, total {total}, final ratio {final})")
 
 
 @EXERCISE.test("warmup_cosine_factor", points=1)
 def schedule_peaks_after_warmup_then_decays_to_the_final_ratio(warmup_cosine_factor):
     factors = [warmup_cosine_factor(step, 10, 50, 0.1) for step in range(60)]
-    assert_close(factors[9], 1.0, what="the factor on the last warm-up step (step 9 of 10)")
-    assert_close(factors[55], 0.1, what="the factor after the last step")
+    assert_number_close(factors[9], 1.0, what="the factor on the last warm-up step (step 9 of 10)")
+    assert_number_close(factors[55], 0.1, what="the factor after the last step")
     increasing = all(a < b for a, b in zip(factors[:9], factors[1:10], strict=True))
     decreasing = all(a >= b for a, b in zip(factors[9:-1], factors[10:], strict=True))
     assert_equal((increasing, decreasing), (True, True),
@@ -100,3 +93,8 @@ def doubling_the_sequence_adds_only_attention_flops(training_flops_per_token):
     short, long = (flops_of(training_flops_per_token, config, seq_len) for seq_len in (2048, 4096))
     assert_equal(long - short, 12 * config.n_layers * config.dim * 2048,
                  what="the extra FLOPs per token of 4096 tokens over 2048 for llama2-7b")
+
+
+EXERCISE.references("warmup_cosine_factor", reference_factor)
+EXERCISE.references("split_decay_parameters", reference_split)
+EXERCISE.references("training_flops_per_token", reference_flops_per_token)

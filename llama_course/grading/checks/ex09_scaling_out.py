@@ -4,13 +4,12 @@ Llama 1, section 2.4 (2,048 A100-80GB, about 380 tokens/s/GPU, about 21 days for
 FSDP2 sharding (Rajbhandari et al. 2020); model FLOPs utilisation (PaLM, appendix B).
 """
 
-import math
 import random
 
 import torch
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
-from llama_course.grading.assertions import assert_equal
+from llama_course.grading.assertions import assert_equal, assert_number_close
 from llama_course.grading.registry import Exercise
 from llama_course.model import Llama
 from llama_course.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, rank_state_bytes
@@ -23,19 +22,12 @@ SECONDS_PER_DAY = 86_400
 A100_BF16_PEAK_FLOPS = 312e12  # dense bf16 tensor-core peak of the A100 datasheet
 
 
-def assert_close(actual, expected: float, what: str, tolerance: float = 1e-12) -> None:
-    if not isinstance(actual, (int, float)) or isinstance(actual, bool):
-        raise AssertionError(f"{what} should be a number, got {type(actual).__name__}")
-    if not math.isclose(actual, expected, rel_tol=tolerance, abs_tol=tolerance):
-        raise AssertionError(f"{what} is {actual!r}, expected {expected!r}")
-
-
 def assert_state_close(actual, expected: dict[str, float], what: str) -> None:
     if not isinstance(actual, dict):
         raise AssertionError(f"{what} should be a dict, got {type(actual).__name__}")
     assert_equal(sorted(actual), sorted(expected), what=f"the keys of {what}")
     for kind, value in expected.items():
-        assert_close(actual[kind], value, what=f"{what}[{kind!r}]")
+        assert_number_close(actual[kind], value, what=f"{what}[{kind!r}]")
 
 
 @EXERCISE.test("training_state_bytes_per_rank", points=2)
@@ -69,8 +61,8 @@ def one_rank_holds_what_a_real_adamw_step_allocates_and_fsdp_shards_add_up_to_it
         replica = training_state_bytes_per_rank(n_params, world_size, "ddp")
         shard = training_state_bytes_per_rank(n_params, world_size, "fsdp")
         for kind in BYTES_PER_PARAMETER:
-            assert_close(world_size * shard[kind], replica[kind], tolerance=1e-9,
-                         what=f"{world_size} x the FSDP shard of {kind} (it should equal one DDP replica)")
+            assert_number_close(world_size * shard[kind], replica[kind], tolerance=1e-9,
+                                what=f"{world_size} x the FSDP shard of {kind} (it should equal one DDP replica)")
 
 
 @EXERCISE.test("training_state_bytes_per_rank", points=1)
@@ -91,9 +83,9 @@ def mfu_matches_the_reference_on_random_runs(mfu_of_run):
         n_gpus, seconds = rng.choice((1, 8, 64, 2048)), rng.uniform(1.0, 1e5)
         tokens, peak = rng.randint(10**3, 10**12), rng.uniform(1e12, 1e15)
         expected = model_flops_utilization(tokens / seconds / n_gpus, flops_per_token, peak)
-        assert_close(mfu_of_run(tokens, seconds, n_gpus, flops_per_token, peak), expected, tolerance=1e-9,
-                     what=f"the MFU of {tokens:,} {preset} tokens in {seconds:.1f} s on {n_gpus} GPUs of peak "
-                          f"{peak:.3g} FLOP/s")
+        assert_number_close(mfu_of_run(tokens, seconds, n_gpus, flops_per_token, peak), expected, tolerance=1e-9,
+                            what=f"the MFU of {tokens:,} {preset} tokens in {seconds:.1f} s on {n_gpus} GPUs of peak "
+                                 f"{peak:.3g} FLOP/s")
 
 
 @EXERCISE.test("mfu_of_run", points=1)
@@ -101,10 +93,10 @@ def llama_65b_at_380_tokens_per_second_per_a100_uses_about_half_the_peak(mfu_of_
     flops_per_token = training_flops_per_token(PRESETS["llama1-65b"], 2048)
     one_day = mfu_of_run(380 * 2048 * SECONDS_PER_DAY, SECONDS_PER_DAY, 2048, flops_per_token, A100_BF16_PEAK_FLOPS)
     one_hour = mfu_of_run(380 * 2048 * 3600, 3600, 2048, flops_per_token, A100_BF16_PEAK_FLOPS)
-    assert_close(one_hour, one_day, tolerance=1e-9, what="the MFU of the same run measured over an hour")
+    assert_number_close(one_hour, one_day, tolerance=1e-9, what="the MFU of the same run measured over an hour")
     doubled = mfu_of_run(380 * 2048 * 3600, 3600, 4096, flops_per_token, A100_BF16_PEAK_FLOPS)
-    assert_close(doubled, one_day / 2, tolerance=1e-9,
-                 what="the MFU when twice the GPUs process the same tokens in the same time")
+    assert_number_close(doubled, one_day / 2, tolerance=1e-9,
+                        what="the MFU when twice the GPUs process the same tokens in the same time")
     if not 0.45 < one_day < 0.55:
         raise AssertionError(f"the MFU of Llama 1 65B at 380 tokens/s on each of 2,048 A100s (312 TFLOP/s) is "
                              f"{one_day!r}, expected about 0.5")
@@ -119,8 +111,9 @@ def days_match_the_float64_formula_on_random_runs(days_to_train):
     rng = random.Random(9)
     for _ in range(20):
         n_tokens, speed, n_gpus = rng.randint(10**6, 10**13), rng.uniform(10.0, 1e5), rng.choice((1, 8, 512, 6000))
-        assert_close(days_to_train(n_tokens, speed, n_gpus), reference_days(n_tokens, speed, n_gpus), tolerance=1e-9,
-                     what=f"the days to train on {n_tokens:,} tokens at {speed:.1f} tokens/s on each of {n_gpus} GPUs")
+        assert_number_close(days_to_train(n_tokens, speed, n_gpus), reference_days(n_tokens, speed, n_gpus),
+                            tolerance=1e-9, what=f"the days to train on {n_tokens:,} tokens at {speed:.1f} "
+                                                 f"tokens/s on each of {n_gpus} GPUs")
 
 
 @EXERCISE.test("days_to_train", points=1)
@@ -129,4 +122,9 @@ def llama_65b_takes_about_21_days_and_twice_the_gpus_halve_it(days_to_train):
     if not isinstance(days, (int, float)) or not 20 < days < 22:
         raise AssertionError(f"1.4T tokens at 380 tokens/s on each of 2,048 GPUs take {days!r} days, expected about "
                              f"21 (Llama 1, section 2.4)")
-    assert_close(days_to_train(1.4e12, 380, 4096), days / 2, tolerance=1e-9, what="the days on 4,096 GPUs")
+    assert_number_close(days_to_train(1.4e12, 380, 4096), days / 2, tolerance=1e-9, what="the days on 4,096 GPUs")
+
+
+EXERCISE.references("training_state_bytes_per_rank", expected_rank_bytes)
+EXERCISE.references("mfu_of_run", model_flops_utilization)
+EXERCISE.references("days_to_train", reference_days)

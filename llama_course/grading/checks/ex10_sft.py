@@ -125,3 +125,9 @@ def prompt_positions_get_no_gradient(sft_loss):
                         what="the sum of |gradient| at positions labelled IGNORE_INDEX")
     assert_equal(bool((logits.grad[~ignored].abs().sum(dim=-1) > 0).all()), True,
                  what="whether every answer position gets a gradient")
+
+
+EXERCISE.references("pack_conversations", pack_token_lists)
+EXERCISE.references("document_positions", Llama._default_positions)
+EXERCISE.references("document_attention_mask", Llama._attention_mask)
+EXERCISE.references("sft_loss", linear_cross_entropy)

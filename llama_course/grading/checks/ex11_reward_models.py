@@ -9,7 +9,7 @@ from itertools import pairwise
 
 import torch
 
-from llama_course.alignment.reward import MARGINS, RewardModel
+from llama_course.alignment.reward import MARGINS, RewardModel, combine_rewards
 from llama_course.alignment.reward import margin_ranking_loss as reference_loss
 from llama_course.alignment.reward import ppo_reward as reference_ppo_reward
 from llama_course.config import ModelConfig
@@ -214,3 +214,8 @@ def only_the_score_that_the_rule_picks_counts(ppo_reward):
     assert_equal(torch.allclose(ppo_reward(helpfulness, torch.where(safety_rules, 1 - safety, safety), is_safety),
                                 rewards), False,
                  what="whether the rewards stay the same when the safety scores that R_c uses change")
+
+
+EXERCISE.references("margin_ranking_loss", reference_loss)
+EXERCISE.references("score_at_eos", RewardModel)
+EXERCISE.references("ppo_reward", reference_ppo_reward, combine_rewards)

@@ -117,3 +117,8 @@ def expectations_equal_the_average_over_every_subset(expected_order_statistic):
                                 atol=1e-12, rtol=1e-12, check_dtype=False,
                                 what=f"the value of the rank-{rank} sample among n={n}, against the average "
                                      f"over all {len(subsets)} subsets")
+
+
+EXERCISE.references("select_best", reference_select_best)
+EXERCISE.references("best_of_n_kl_bound", reference_kl_bound)
+EXERCISE.references("expected_order_statistic", reference_order_statistic)

@@ -110,3 +110,8 @@ def recall_is_1_for_reference_answers_and_0_for_empty_ones(recall_by_turn):
     for turn, value in enumerate(recall_by_turn(silent), start=1):
         if abs(value) > 1e-9:
             raise AssertionError(f"answers 'ok' follow no constraint: recall at turn {turn} should be 0, got {value}")
+
+
+EXERCISE.references("with_instruction_in_every_turn", reference_every_turn)
+EXERCISE.references("gatt_samples", reference_samples)
+EXERCISE.references("recall_by_turn", reference_recall)

@@ -9,6 +9,7 @@ import numpy as np
 from llama_course.evaluation.agreement import gwet_ac2 as reference_ac2
 from llama_course.evaluation.agreement import ordinal_weights
 from llama_course.evaluation.ratings import consensus_ratings, outcome_of
+from llama_course.evaluation.safety import violation_rate as safety_violation_rate
 from llama_course.evaluation.safety import violations
 from llama_course.grading.assertions import assert_equal, raises_value_error
 from llama_course.grading.registry import Exercise
@@ -32,7 +33,7 @@ def assert_refused(function, argument: np.ndarray, why: str) -> None:
 
 def close(actual, expected: float, what: str, tolerance: float = 1e-9) -> None:
     if not isinstance(actual, (float, np.floating)) or abs(float(actual) - expected) > tolerance:
-        raise AssertionError(f"{what}: got {actual!r}, expected the float {expected!r}")
+        raise AssertionError(f"expected the float {expected!r}, got {actual!r}: {what}")
 
 
 @EXERCISE.test("outcomes_from_ratings", points=2)
@@ -90,3 +91,8 @@ def a_violation_needs_more_than_half_the_raters(violation_rate):
     close(violation_rate(np.array([[1, 5], [2, 2]])), 0.5,
           what="the violation rate of [[1, 5], [2, 2]]: one vote of two is not a majority")
     assert_refused(violation_rate, np.array([[1, 6, 2]]), "a rating of 6 is outside the 5-point scale")
+
+
+EXERCISE.references("outcomes_from_ratings", outcome_of, consensus_ratings)
+EXERCISE.references("gwet_ac2", reference_ac2)
+EXERCISE.references("violation_rate", violations, safety_violation_rate)
