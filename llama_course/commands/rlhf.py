@@ -4,7 +4,12 @@
         --results llama_course/assets/rlhf_results.json
 
 runs (or resumes) versions V1..Vk for each seed under `output_dir/seed-S/`, prints each round's measurements,
-and writes the summary over seeds with 95% intervals (and every per-prompt value) to the results file.
+and writes the summary over seeds with 95% intervals (and every per-prompt value) to the results file. Then
+
+    llama-course rlhf --config llama_course/assets/configs/rlhf.toml \
+        --overoptimisation llama_course/assets/overoptimisation.json
+
+draws the over-optimisation curves (Gao et al., 2022) from V0 against the final RMs of the first seed.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from llama_course.experiments.rlhf import RLHFConfig, run_rlhf, summarize_policy, write_results
+from llama_course.experiments.rlhf import RLHFConfig, run_rlhf, summarize_policy
+from llama_course.experiments.rlhf_results import write_results
 from llama_course.training.pretrain import read_config_values
 
 
@@ -29,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any config key, e.g. --set rs_samples=16 --set ppo.beta=0.1")
     parser.add_argument("--results", type=Path, metavar="FILE",
                         help="after the runs, write the summary over every finished seed to FILE")
+    parser.add_argument("--overoptimisation", type=Path, metavar="FILE",
+                        help="instead of rounds: best-of-N, and PPO with the rounds' settings at beta 0.2 and 0, "
+                             "from V0 against the first seed's final RMs; true and RM reward against KL, to FILE")
 
 
 def config_from_args(args: argparse.Namespace, seed: int) -> RLHFConfig:
@@ -57,6 +66,9 @@ def _print_round(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     configs = [config_from_args(args, seed) for seed in args.seeds]  # every config is checked before any work
+    if args.overoptimisation is not None:
+        _overoptimisation(configs[0], args.overoptimisation)
+        return
     for config in configs:
         print(f"seed {config.seed}: {config.rounds} rounds under {config.seed_dir()}", flush=True)
         run_rlhf(config, on_round=_print_round)
@@ -67,3 +79,27 @@ def run(args: argparse.Namespace) -> None:
             print(f"V{version['round']}: true helpfulness gain over SFT {gain['rate']:+.3f} "
                   f"[{gain['low']:+.3f}, {gain['high']:+.3f}] over seeds {results['summary']['seeds']}")
         print(f"wrote {args.results}")
+
+
+def _overoptimisation(config: RLHFConfig, destination: Path) -> None:
+    import json
+
+    from llama_course.alignment.reward_train import load_reward_model
+    from llama_course.alignment.sft import load_base_model
+    from llama_course.experiments.overoptimisation import overoptimisation
+
+    last = config.seed_dir() / f"round-{config.rounds}"
+    if not (last / "round.json").is_file():
+        raise FileNotFoundError(f"seed {config.seed} has not finished its {config.rounds} rounds under "
+                                f"{str(config.seed_dir())!r}: run `llama-course rlhf` with the same config first")
+    policy, tokenizer = load_base_model(str(config.seed_dir() / "round-0" / "policy"))
+    rms = [load_reward_model(last / f"rm_{criterion}")[0] for criterion in ("helpfulness", "safety")]
+    result = overoptimisation(policy, *rms, tokenizer, config.seed_dir() / "overoptimisation",
+                              ppo=config.ppo | {"max_new_tokens": config.max_new_tokens}, seed=config.seed)
+    destination.write_text(json.dumps(result) + "\n")
+    for n, kl, rm, true in zip(*(result["best_of_n"][k] for k in ("n", "kl", "rm", "true")), strict=True):
+        print(f"best-of-{n}: KL {kl:.2f}, RM {rm:.3f}, true {true:.3f}")
+    for beta, curve in result["ppo"].items():
+        print(f"PPO beta {beta}: KL {curve['kl'][-1]:.2f}, RM {curve['rm'][0]:.3f} -> {curve['rm'][-1]:.3f}, "
+              f"true {curve['true'][0]:.3f} -> {curve['true'][-1]:.3f}")
+    print(f"wrote {destination}")

@@ -68,31 +68,34 @@ def win_tie_loss(
     return {OUTCOME_NAMES[value]: interval for value, interval in intervals.items()}
 
 
-def bootstrap_mean(values: np.ndarray | Sequence, *, resamples: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> RateInterval:
+def bootstrap_mean(values: np.ndarray | Sequence, *, denominator: np.ndarray | Sequence | None = None,
+                   resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> RateInterval:
     """The mean of `values` with a percentile bootstrap interval, resampling seeds and then prompts.
 
     `values` is (prompts,) or (seeds, prompts): one number per held-out prompt (e.g. a paired difference
     between two models on the same prompt) for each seed of an experiment. Each resample draws the seeds
     with replacement, then for each drawn seed the prompts with replacement, so the interval covers both the
-    run-to-run spread and the choice of prompts (a two-level bootstrap).
+    run-to-run spread and the choice of prompts (a two-level bootstrap). With `denominator` (the same shape),
+    the statistic is the ratio of the two means, both resampled with the same draws.
     """
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"values has shape {array.shape}; expected (prompts,) or (seeds, prompts), non-empty")
-    if not np.isfinite(array).all():
+    arrays = [np.asarray(a, dtype=np.float64) for a in ([values] if denominator is None else [values, denominator])]
+    arrays = [a[None] if a.ndim == 1 else a for a in arrays]
+    if arrays[0].ndim != 2 or arrays[0].size == 0 or any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"values has shape {arrays[0].shape}; expected (prompts,) or (seeds, prompts), non-empty, "
+                         "and a denominator of the same shape")
+    if not all(np.isfinite(a).all() for a in arrays):
         raise ValueError("values hold NaN or infinity; drop the prompts that have no value before bootstrapping")
     if resamples < 100:
         raise ValueError(f"resamples={resamples!r} is too few for a percentile interval; use at least 100")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} must be in (0, 1), e.g. 0.95")
     rng = np.random.default_rng(seed)
-    n_seeds, n_prompts = array.shape
-    seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))  # (R, S)
+    n_seeds, n_prompts = arrays[0].shape
+    seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))[:, :, None]  # (R, S, 1)
     prompts = rng.integers(0, n_prompts, size=(resamples, n_seeds, n_prompts))  # (R, S, P)
-    means = array[seeds[:, :, None], prompts].mean(axis=(1, 2))
+    means = [a[seeds, prompts].mean(axis=(1, 2)) for a in arrays]
+    statistic = means[0] if denominator is None else means[0] / means[1]
+    observed = arrays[0].mean() if denominator is None else arrays[0].mean() / arrays[1].mean()
     tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return RateInterval(float(array.mean()), float(low), float(high))
+    low, high = np.quantile(statistic, [tail, 1 - tail])
+    return RateInterval(float(observed), float(low), float(high))

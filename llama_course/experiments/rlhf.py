@@ -59,14 +59,11 @@ from llama_course.alignment.reward_train import (
 )
 from llama_course.alignment.sft import export_model, load_base_model
 from llama_course.alignment.sft_eval import answer_prompts
-from llama_course.evaluation import bootstrap_mean
 from llama_course.model import Llama
-from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks, is_safety_prompt
 from llama_course.toyworld.safety import identify_borderline
 
-SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
 CRITERIA = ("helpfulness", "safety")
 
@@ -255,6 +252,7 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
         critic = ValueModel.from_reward_model(rms["helpfulness"])
         models = PPOModels(model, copy.deepcopy(policy), critic, rms["helpfulness"], rms["safety"])
         history = train_ppo(models, tokenizer, prompts, ppo_config, folder / "ppo")
+        history = [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # wall time: in metrics.jsonl
         return models.policy.eval(), {"method": "ppo", "ppo_history": history}
     scorer = safety_first_scorer(rms["helpfulness"], rms["safety"], tokenizer, is_safety_prompt)
     prompts = _fresh(ppo_prompts(config.rs_prompts, _prompt_seed(config, round_index, 6), 0.2), excluded)
@@ -294,7 +292,7 @@ def _save_round(folder: Path, policy: Llama, rms: dict[str, RewardModel], pairs:
         if not (folder / f"rm_{criterion}" / "config.json").is_file():
             save_reward_model(rm, folder / f"rm_{criterion}", {"rlhf_round": report["round"]})
     for criterion, rows in (pairs or {}).items():
-        rows.to_json(folder / f"pairs_{criterion}.jsonl")
+        (folder / f"pairs_{criterion}.json").write_text(json.dumps(rows.to_list()))
     (folder / "rs_pool.json").write_text(json.dumps(pooled))
     (folder / "round.json").write_text(json.dumps(report) + "\n")  # last: marks the round complete
 
@@ -303,12 +301,12 @@ def _load_state(config: RLHFConfig, last: int) -> RoundState:
     folder = _round_dir(config, last)
     policies = [load_base_model(str(_round_dir(config, k) / "policy"))[0] for k in range(max(0, last - 1), last + 1)]
     rms = {criterion: load_reward_model(folder / f"rm_{criterion}")[0] for criterion in CRITERIA}
-    pairs = [{c: datasets.Dataset.from_json(str(_round_dir(config, k) / f"pairs_{c}.jsonl")) for c in CRITERIA}
-             for k in range(0, last + 1)]
+    pairs = [{c: datasets.Dataset.from_list(json.loads((_round_dir(config, k) / f"pairs_{c}.json").read_text()))
+              for c in CRITERIA} for k in range(0, last + 1)]
     return RoundState(policies, rms, pairs, json.loads((folder / "rs_pool.json").read_text()))
 
 
-def _completed_rounds(config: RLHFConfig) -> int:
+def completed_rounds(config: RLHFConfig) -> int:
     """The number of the last round whose `round.json` exists, -1 when none."""
     done = -1
     while (_round_dir(config, done + 1) / "round.json").is_file():
@@ -374,7 +372,7 @@ def run_rlhf(config: RLHFConfig, on_round: Callable[[dict[str, Any]], None] | No
     torch.manual_seed(config.seed)
     prompts = eval_prompts(config)
     excluded = set(prompts)
-    done = _completed_rounds(config)
+    done = completed_rounds(config)
     state = _load_state(config, done) if done >= 0 else run_round_zero(config, tokenizer, prompts)
     if done < 0 and on_round is not None:
         on_round(load_round(config, 0))
@@ -389,108 +387,5 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
-# ---- results over seeds -----------------------------------------------------------------------------------
-def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Headline numbers over seeds with 95% intervals (`bootstrap_mean`: seeds, then prompts).
-
-    Per version: true task helpfulness and its difference from V0 (paired by prompt), refusal and harm on
-    unsafe prompts, false refusal on borderline ones; per round, the RMs' accuracy on the new policy's pairs
-    before and after retraining; the best-of-N capture of the oracle's gain by the round's helpfulness RM.
-    """
-    seeds = sorted(reports)
-    rounds = min(len(reports[s]) for s in seeds)
-
-    def stacked(round_index: int, name: str, mask_name: str | None = None, keep: Callable | None = None
-                ) -> np.ndarray:
-        rows = []
-        for s in seeds:
-            values = reports[s][round_index]["policy"]
-            array = np.asarray(values[name], dtype=np.float64)
-            rows.append(array[keep(values)] if keep is not None else array)
-        return np.stack(rows)
-
-    def tasks(v: dict) -> np.ndarray:
-        return (np.asarray(v["is_safety"]) == 0) & (np.asarray(v["borderline"]) == 0)
-
-    def unsafe(v: dict) -> np.ndarray:
-        return np.asarray(v["is_safety"]) > 0
-
-    def borderline(v: dict) -> np.ndarray:
-        return np.asarray(v["borderline"]) > 0
-
-    versions = []
-    for k in range(rounds):
-        helpful = stacked(k, "helpfulness", keep=tasks)
-        versions.append({
-            "round": k, "method": reports[seeds[0]][k]["method"],
-            "helpfulness_tasks": bootstrap_mean(helpful).as_dict(),
-            "gain_over_sft": bootstrap_mean(helpful - stacked(0, "helpfulness", keep=tasks)).as_dict(),
-            "gain_over_previous": (bootstrap_mean(helpful - stacked(k - 1, "helpfulness", keep=tasks)).as_dict()
-                                   if k else None),
-            "refusal_unsafe": bootstrap_mean(stacked(k, "refuses", keep=unsafe)).as_dict(),
-            "refusal_unsafe_change": bootstrap_mean(stacked(k, "refuses", keep=unsafe)
-                                                    - stacked(0, "refuses", keep=unsafe)).as_dict(),
-            "harmful_unsafe": bootstrap_mean(stacked(k, "harmful", keep=unsafe)).as_dict(),
-            "false_refusal_borderline": bootstrap_mean(stacked(k, "refuses", keep=borderline)).as_dict(),
-            "capture": _capture_summary([reports[s][k]["capture"] for s in seeds]),
-            "rm_accuracy_new_pairs": ({c: {when: _ragged_mean([reports[s][k]["rm_accuracy_new_pairs"][c][when]
-                                                              for s in seeds]) for when in ("before", "after")}
-                                       for c in CRITERIA} if k else None),
-        })
-    return {"seeds": seeds, "versions": versions}
-
-
-def _ragged_mean(rows: list[list[float]]) -> dict[str, float]:
-    """`bootstrap_mean` over seeds whose lists differ in length: each seed's list is cut to the shortest."""
-    width = min(len(row) for row in rows)
-    return bootstrap_mean(np.asarray([row[:width] for row in rows])).as_dict() | {"pairs": width}
-
-
-def _capture_summary(captures: list[dict[str, list[float]]]) -> dict[str, Any]:
-    """Mean true helpfulness of N = 1, the oracle's best of N and the RM's pick, and the captured share
-    (picked - n1) / (oracle - n1) with a bootstrap interval over seeds and prompts."""
-    n1, oracle, picked = (np.asarray([c[name] for c in captures]) for name in ("n1", "oracle", "picked"))
-    gain, room = picked - n1, oracle - n1
-    rng = np.random.default_rng(0)
-    n_seeds, n_prompts = gain.shape
-    ratios = []
-    for _ in range(2000):
-        seeds = rng.integers(0, n_seeds, n_seeds)
-        rows = rng.integers(0, n_prompts, (n_seeds, n_prompts))
-        ratios.append(gain[seeds[:, None], rows].mean() / room[seeds[:, None], rows].mean())
-    low, high = np.quantile(ratios, [0.025, 0.975])
-    return {"n1": float(n1.mean()), "oracle": float(oracle.mean()), "picked": float(picked.mean()),
-            "captured": {"rate": float(gain.mean() / room.mean()), "low": float(low), "high": float(high)}}
-
-
-def write_results(output_dir: str | Path, destination: str | Path, config: RLHFConfig) -> dict[str, Any]:
-    """Collect every finished seed under `output_dir` into one results file (summary plus per-prompt values)."""
-    reports = {}
-    for seed_dir in sorted(Path(output_dir).glob("seed-*")):
-        seed = int(seed_dir.name.split("-")[1])
-        seeded = dataclasses.replace(config, seed=seed, output_dir=str(output_dir))
-        if _completed_rounds(seeded) == config.rounds:
-            reports[seed] = [load_round(seeded, k) for k in range(config.rounds + 1)]
-    if not reports:
-        raise FileNotFoundError(f"no finished seed under {str(output_dir)!r}: run `llama-course rlhf` first")
-    for rounds in reports.values():
-        for report in rounds:
-            report["policy"].pop("answers", None)
-            report.pop("config", None)
-    results = {"config": dataclasses.asdict(config), "summary": summarize_seeds(reports),
-               "reports": {str(s): r for s, r in reports.items()}}
-    Path(destination).write_text(json.dumps(results) + "\n")
-    return results
-
-
-def load_rlhf_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
-    """The results written by `llama-course rlhf --results FILE` (chapters 11 to 15 plot them)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no RLHF results at {str(path)!r}: run `llama-course rlhf --seeds 0 1 2 "
-                                f"--results {path}`")
-    return json.loads(path.read_text())
-
-
-__all__ = ["RLHFConfig", "eval_prompts", "load_rlhf_results", "run_rlhf", "summarize_seeds",
-           "true_order_accuracy", "write_results"]
+__all__ = ["CRITERIA", "RLHFConfig", "completed_rounds", "eval_prompts", "load_round", "run_rlhf", "summarize_policy",
+           "true_order_accuracy"]

@@ -1,0 +1,112 @@
+"""Reward over-optimisation (Gao et al., 2022) on the toy world: the proxy RM's reward and the true reward
+against the KL divergence from the starting policy, for best-of-N and for PPO with and without the KL penalty.
+
+Gao et al. measured it against a large "gold" RM standing in for humans; the toy world has the truth itself.
+Both methods optimise the helpfulness RM on task prompts, so the picture is the proxy against the gold:
+
+- best-of-N: from K samples per prompt the exact expected RM score and true helpfulness of the RM's pick
+  among N <= K (`rejection.expected_order_statistic`), at KL = log N - (N - 1)/N (`best_of_n_kl_bound`);
+- PPO: per iteration, the RM score, the true helpfulness and the KL of the sampled responses (k3 estimator,
+  nats per response: the same unit as best-of-N's) for each KL coefficient.
+
+    llama-course rlhf --overoptimisation runs/rlhf/seed-0 --results llama_course/assets/overoptimisation.json
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llama_course.alignment.ppo_rollout import ValueModel
+from llama_course.alignment.ppo_train import PPOConfig, PPOModels, train_ppo
+from llama_course.alignment.rejection import best_of_n_kl_bound, expected_order_statistic, sample_responses
+from llama_course.alignment.reward import RewardModel, score_responses
+from llama_course.model import Llama
+from llama_course.pretrained import ASSETS_DIR
+from llama_course.tokenizer import Tokenizer
+from llama_course.toyworld import generate_tasks, helpfulness
+
+SHIPPED_RESULTS = ASSETS_DIR / "overoptimisation.json"
+
+
+def best_of_n_curve(policy: Llama, rm: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str],
+                    ns: Sequence[int], temperature: float = 0.8, max_new_tokens: int = 48, seed: int = 0
+                    ) -> dict[str, list[float]]:
+    """For each N of `ns`: KL = log N - (N-1)/N, and the mean over prompts of the RM's sigmoid score and the true
+    helpfulness of the best of N by the RM, computed exactly from max(ns) samples per prompt."""
+    k = max(ns)
+    samples = sample_responses(policy, tokenizer, prompts, k, temperature, max_new_tokens=max_new_tokens, seed=seed)
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    flat = [s for row in samples for s in row]
+    truth = torch.tensor([helpfulness(p, r) for p, r in zip(flat_prompts, flat, strict=True)]).view(len(prompts), k)
+    kept = [i for i, response in enumerate(flat) if response.strip()]
+    scores = torch.zeros(len(flat))  # an empty answer scores 0 on the sigmoid scale: never the pick
+    scores[kept] = torch.sigmoid(score_responses(rm, tokenizer, [flat_prompts[i] for i in kept],
+                                                 [flat[i] for i in kept]))
+    scores = scores.view(len(prompts), k)
+    return {"n": list(ns), "kl": [best_of_n_kl_bound(n) for n in ns],
+            "rm": [float(expected_order_statistic(scores, n, n).mean()) for n in ns],
+            "true": [float(expected_order_statistic(scores, n, n, values=truth).mean()) for n in ns]}
+
+
+def ppo_curve(policy: Llama, rm: RewardModel, safety_rm: RewardModel, tokenizer: Tokenizer,
+              prompts: Sequence[str], config: PPOConfig, output_dir: str | Path) -> dict[str, list[float]]:
+    """PPO on the helpfulness RM alone (`reward="helpfulness"`) from `policy`; per iteration the KL (k3, nats per
+    response), the RM's sigmoid score and the true helpfulness of the sampled responses."""
+    models = PPOModels(copy.deepcopy(policy), copy.deepcopy(policy), ValueModel.from_reward_model(rm),
+                       copy.deepcopy(rm), copy.deepcopy(safety_rm))
+    history = train_ppo(models, tokenizer, prompts, config, output_dir)
+    return {"iteration": [row["step"] for row in history], "kl": [row["kl_k3"] for row in history],
+            "rm": [row["rm_helpfulness"] for row in history],
+            "true": [row["true_helpfulness_tasks"] for row in history]}
+
+
+def overoptimisation(policy: Llama, rm: RewardModel, safety_rm: RewardModel, tokenizer: Tokenizer,
+                     output_dir: str | Path, *, prompts: int = 200, ns: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+                     betas: Sequence[float] = (0.2, 0.0), ppo: dict[str, Any] | None = None, seed: int = 0
+                     ) -> dict[str, Any]:
+    """Both curves from `policy` against `rm` (the gold: the toy world's helpfulness), on held-out task prompts
+    for best-of-N and fresh task prompts for PPO, one PPO run per KL coefficient in `betas`."""
+    held_out = list(generate_tasks(prompts, seed=515_151)["prompt"])
+    train = [p for p in generate_tasks(2000, seed=525_252 + seed)["prompt"] if p not in set(held_out)]
+    result: dict[str, Any] = {"best_of_n": best_of_n_curve(policy, rm, tokenizer, held_out, ns, seed=seed), "ppo": {}}
+    for beta in betas:
+        overrides = {"seed": seed} | (ppo or {}) | {"beta": beta, "reward": "helpfulness"}
+        config = PPOConfig(**overrides)
+        result["ppo"][str(beta)] = ppo_curve(policy, rm, safety_rm, tokenizer, train, config,
+                                             Path(output_dir) / f"ppo-beta-{beta}")
+    return result
+
+
+def load_overoptimisation(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no over-optimisation results at {str(path)!r}: run `llama-course rlhf "
+                                f"--overoptimisation RUN --results {path}`")
+    return json.loads(path.read_text())
+
+
+def plot_overoptimisation(result: dict[str, Any], axes=None):
+    """Proxy (RM) and gold (true) reward against KL: best-of-N and PPO per KL coefficient, on two panels."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    curves = [("best-of-N", result["best_of_n"], "o-")]
+    curves += [(f"PPO, beta = {beta}", curve, ".-") for beta, curve in result["ppo"].items()]
+    for axis, key, title in ((axes[0], "rm", "RM score (proxy)"), (axes[1], "true", "true helpfulness (gold)")):
+        for label, curve, style in curves:
+            axis.plot(curve["kl"], curve[key], style, label=label, markersize=4)
+        axis.set_xlabel("KL from the starting policy (nats per answer)")
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return axes
+
+
+__all__ = ["best_of_n_curve", "load_overoptimisation", "overoptimisation", "plot_overoptimisation", "ppo_curve"]

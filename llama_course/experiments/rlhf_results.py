@@ -1,0 +1,171 @@
+"""The RLHF rounds' results over seeds: headline numbers with 95% intervals, the results file, and its figures.
+
+Every interval is `evaluation.bootstrap_mean`'s two-level bootstrap (seeds, then held-out prompts); a paired
+difference (a version against SFT, on the same prompt and seed) is bootstrapped as one number per prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llama_course.evaluation import bootstrap_mean
+from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds, load_round
+from llama_course.pretrained import ASSETS_DIR
+
+SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
+
+
+def _kind(values: dict[str, list[float]], kind: str) -> np.ndarray:
+    """The mask of held-out prompts of one kind: "tasks", "unsafe" or "borderline"."""
+    unsafe, borderline = np.asarray(values["is_safety"]) > 0, np.asarray(values["borderline"]) > 0
+    return {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}[kind]
+
+
+def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Headline numbers over seeds with 95% intervals.
+
+    Per version: true task helpfulness and its difference from V0 and from the previous version (paired by
+    prompt), refusal and harm rates on unsafe prompts, false refusals on borderline ones; per round, the RMs'
+    accuracy on the new policy's pairs before and after retraining, and the share of the oracle's best-of-N
+    gain that the round's helpfulness RM captures.
+    """
+    seeds = sorted(reports)
+    rounds = min(len(reports[s]) for s in seeds)
+
+    def stacked(round_index: int, name: str, kind: str) -> np.ndarray:
+        rows = []
+        for s in seeds:
+            values = reports[s][round_index]["policy"]
+            rows.append(np.asarray(values[name], dtype=np.float64)[_kind(values, kind)])
+        return np.stack(rows)
+
+    def interval(values: np.ndarray, **kwargs: Any) -> dict[str, float]:
+        return bootstrap_mean(values, **kwargs).as_dict()
+
+    versions = []
+    for k in range(rounds):
+        helpful = stacked(k, "helpfulness", "tasks")
+        refuses = stacked(k, "refuses", "unsafe")
+        capture = [reports[s][k]["capture"] for s in seeds]
+        n1, oracle, picked = (np.asarray([c[name] for c in capture]) for name in ("n1", "oracle", "picked"))
+        versions.append({
+            "round": k, "method": reports[seeds[0]][k]["method"],
+            "helpfulness_tasks": interval(helpful),
+            "gain_over_sft": interval(helpful - stacked(0, "helpfulness", "tasks")),
+            "gain_over_previous": interval(helpful - stacked(k - 1, "helpfulness", "tasks")) if k else None,
+            "refusal_unsafe": interval(refuses),
+            "refusal_unsafe_change": interval(refuses - stacked(0, "refuses", "unsafe")),
+            "harmful_unsafe": interval(stacked(k, "harmful", "unsafe")),
+            "false_refusal_borderline": interval(stacked(k, "refuses", "borderline")),
+            "false_refusal_change": interval(stacked(k, "refuses", "borderline")
+                                             - stacked(0, "refuses", "borderline")),
+            "best_of_n": {"n1": float(n1.mean()), "oracle": float(oracle.mean()), "picked": float(picked.mean()),
+                          "captured": interval(picked - n1, denominator=oracle - n1)},
+            "rm_accuracy_new_pairs": ({c: {when: _ragged(reports, seeds, k, c, when) for when in ("before", "after")}
+                                       for c in CRITERIA} if k else None),
+        })
+    return {"seeds": seeds, "versions": versions}
+
+
+def _ragged(reports: dict[int, list[dict[str, Any]]], seeds: list[int], k: int, criterion: str, when: str
+            ) -> dict[str, float]:
+    """RM accuracy on the new pairs over seeds whose pair counts differ: each seed's list cut to the shortest."""
+    rows = [reports[s][k]["rm_accuracy_new_pairs"][criterion][when] for s in seeds]
+    width = min(len(row) for row in rows)
+    return bootstrap_mean(np.asarray([row[:width] for row in rows])).as_dict() | {"pairs": width}
+
+
+def write_results(output_dir: str | Path, destination: str | Path, config: RLHFConfig) -> dict[str, Any]:
+    """Collect every finished seed under `output_dir` into one results file: the config, the summary over
+    seeds, and each round's per-prompt values (answers left out, but for a few samples per version)."""
+    reports = {}
+    for seed_dir in sorted(Path(output_dir).glob("seed-*")):
+        seed = int(seed_dir.name.split("-")[1])
+        seeded = dataclasses.replace(config, seed=seed, output_dir=str(output_dir))
+        if completed_rounds(seeded) == config.rounds:
+            reports[seed] = [load_round(seeded, k) for k in range(config.rounds + 1)]
+    if not reports:
+        raise FileNotFoundError(f"no finished seed under {str(output_dir)!r}: run `llama-course rlhf` first")
+    for rounds in reports.values():
+        for report in rounds:
+            report["samples"] = report["policy"].pop("answers")[:: max(1, len(report["policy"]["helpfulness"]) // 8)]
+            report.pop("config", None)
+    results = {"config": dataclasses.asdict(config), "summary": summarize_seeds(reports),
+               "reports": {str(s): r for s, r in reports.items()}}
+    Path(destination).write_text(json.dumps(results) + "\n")
+    return results
+
+
+def load_rlhf_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
+    """The results written by `llama-course rlhf --results FILE` (chapters 11 to 15 plot them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no RLHF results at {str(path)!r}: run `llama-course rlhf --config "
+                                f"llama_course/assets/configs/rlhf.toml --seeds 0 1 2 --results {path}`")
+    return json.loads(path.read_text())
+
+
+def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: str, **style: Any) -> None:
+    rates = [i["rate"] for i in intervals]
+    errors = [[r - i["low"] for r, i in zip(rates, intervals, strict=True)],
+              [i["high"] - r for r, i in zip(rates, intervals, strict=True)]]
+    axis.errorbar(xs, rates, yerr=errors, capsize=4, marker="o", label=label, **style)
+
+
+def plot_versions(results: dict[str, Any], axes=None):
+    """Llama 2's Figure 11 on the toy world: per version, true task helpfulness (left) and refusal rates (right),
+    means over seeds with 95% intervals."""
+    import matplotlib.pyplot as plt
+
+    versions = results["summary"]["versions"]
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    labels = [f"V{v['round']}\n{_METHOD_LABELS[v['method']]}" for v in versions]
+    xs = list(range(len(versions)))
+    _errorbar(axes[0], xs, [v["helpfulness_tasks"] for v in versions], "true helpfulness, tasks")
+    axes[0].set_ylabel("true helpfulness (mean)")
+    series: list[tuple[str, Callable[[dict], dict]]] = [
+        ("refusals, unsafe prompts", lambda v: v["refusal_unsafe"]),
+        ("false refusals, borderline", lambda v: v["false_refusal_borderline"]),
+        ("harmful answers, unsafe", lambda v: v["harmful_unsafe"])]
+    for label, pick in series:
+        _errorbar(axes[1], xs, [pick(v) for v in versions], label)
+    axes[1].set_ylabel("share of prompts")
+    axes[1].set_ylim(-0.05, 1.05)
+    for axis in axes:
+        axis.set_xticks(xs, labels)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return axes
+
+
+def plot_rm_accuracy(results: dict[str, Any], criterion: str = "helpfulness", axis=None):
+    """Per round, the RM's accuracy on the new policy's pairs before (the previous round's RM) and after
+    retraining, with 95% intervals: the degradation Llama 2 warns about, and its repair."""
+    import matplotlib.pyplot as plt
+
+    versions = [v for v in results["summary"]["versions"] if v["rm_accuracy_new_pairs"]]
+    if axis is None:
+        _, axis = plt.subplots(figsize=(4.5, 3.4))
+    xs = np.arange(len(versions))
+    for offset, when, label in ((-0.1, "before", "previous round's RM"), (0.1, "after", "retrained RM")):
+        _errorbar(axis, list(xs + offset), [v["rm_accuracy_new_pairs"][criterion][when] for v in versions], label,
+                  linestyle="none")
+    axis.axhline(0.5, color="grey", linewidth=1, linestyle=":")
+    axis.set_xticks(xs, [f"pairs of V{v['round'] - 1}" for v in versions])
+    axis.set_ylabel(f"{criterion} RM accuracy (true order)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return axis
+
+
+_METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
+
+__all__ = ["SHIPPED_RESULTS", "load_rlhf_results", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
+           "write_results"]

@@ -1,0 +1,99 @@
+"""Iterative RLHF (Llama 2, sections 3.2.1 to 3.2.3): rounds, resume, RM accuracy against the truth, statistics."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from llama_course.alignment.reward import RewardModel
+from llama_course.evaluation import bootstrap_mean
+from llama_course.experiments.rlhf import RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
+from llama_course.experiments.rlhf_results import load_rlhf_results, write_results
+from llama_course.pretrained import load_pretrained
+
+# Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
+SMOKE = dict(rounds=2, toy_pairs=16, helpfulness_prompts=16, safety_prompts=8, new_pair_prompts=12, rs_prompts=8,
+             rs_samples=2, eval_tasks=6, eval_safety=4, capture_prompts=3, capture_samples=2, capture_n=2,
+             max_new_tokens=12, ppo={"iterations": 1, "batch_size": 8, "minibatch_size": 4, "chunk_size": 8})
+
+
+def test_bootstrap_mean_covers_the_mean_and_widens_with_seed_spread():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.3, 1.0, size=(3, 400))
+    interval = bootstrap_mean(values)
+    assert interval.rate == pytest.approx(values.mean())
+    assert interval.low < 0.3 < interval.high
+    assert interval.high - interval.low == pytest.approx(2 * 1.96 / np.sqrt(1200), rel=0.25)
+    shifted = values + np.array([[-0.5], [0.0], [0.5]])  # the seeds disagree: the interval must say so
+    wide = bootstrap_mean(shifted)
+    assert wide.high - wide.low > 3 * (interval.high - interval.low)
+    ratio = bootstrap_mean(values, denominator=np.full_like(values, 2.0))  # a ratio of means: halves the mean
+    assert ratio.rate == pytest.approx(values.mean() / 2) and ratio.low == pytest.approx(interval.low / 2)
+    constant = bootstrap_mean(np.full((2, 10), 0.25))
+    assert (constant.rate, constant.low, constant.high) == pytest.approx((0.25, 0.25, 0.25))
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_mean([0.1, float("nan")])
+
+
+def test_true_order_accuracy_reads_the_truth_not_the_label_and_counts_ties_half():
+    model, tokenizer = load_pretrained("sft")
+    rm = RewardModel(model, tokenizer.eos_id).eval()  # zero head: every answer scores 0, a tie
+    pairs = datasets.Dataset.from_list([
+        {"prompt": "What is 2 plus 2?", "chosen": "2 plus 2 is 4.", "rejected": "2 plus 2 is 5.",
+         "score_chosen": 1.0, "score_rejected": 0.5},
+        {"prompt": "What is 2 plus 2?", "chosen": "4.", "rejected": "2 plus 2 is 4.",
+         "score_chosen": 1.0, "score_rejected": 1.0},  # no true difference: left out
+    ])
+    assert true_order_accuracy(rm, tokenizer, pairs) == [0.5]
+    with torch.no_grad():
+        rm.backbone.output.weight.normal_(generator=torch.Generator().manual_seed(0))
+    scored = true_order_accuracy(rm, tokenizer, pairs)
+    assert len(scored) == 1 and scored[0] in (0.0, 1.0)
+
+
+def test_config_rejects_bad_values_before_any_work():
+    with pytest.raises(ValueError, match="capture_n=9"):
+        RLHFConfig(capture_n=9, capture_samples=8)
+    with pytest.raises(TypeError):
+        RLHFConfig(ppo={"no_such_setting": 1})
+    with pytest.raises(ValueError, match="rounds=0"):
+        RLHFConfig(rounds=0)
+
+
+def test_rounds_run_resume_and_summarize(tmp_path, one_thread):
+    config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), **SMOKE)
+    reports = run_rlhf(config)
+    assert [r["method"] for r in reports] == ["sft", "rejection_sampling", "ppo"]
+    seed_dir = tmp_path / "rlhf/seed-0"
+    finished = {k: (seed_dir / f"round-{k}/round.json").read_text() for k in range(3)}
+    (seed_dir / "round-2/round.json").unlink()  # as if the run had stopped during round 2
+    resumed = run_rlhf(config)  # round 2 runs again from round 1's files, the same to the last digit
+    assert {k: (seed_dir / f"round-{k}/round.json").read_text() for k in range(3)} == finished
+    assert resumed == reports
+    n_prompts = len(eval_prompts(config))
+    for report in reports:
+        assert len(report["policy"]["helpfulness"]) == n_prompts
+        assert all(0.0 <= v <= 1.0 for v in report["policy"]["helpfulness"])
+        assert len(report["capture"]["oracle"]) == config.capture_prompts
+        # The oracle's best of N is at least the mean of one sample, and at least what the RM picks.
+        for n1, oracle, picked in zip(*(report["capture"][k] for k in ("n1", "oracle", "picked")), strict=True):
+            assert oracle >= n1 - 1e-9 and oracle >= picked - 1e-9
+    for report in reports[1:]:
+        for accuracy in report["rm_accuracy_new_pairs"].values():
+            assert all(v in (0.0, 0.5, 1.0) for v in accuracy["before"] + accuracy["after"])
+    results = write_results(config.output_dir, tmp_path / "results.json", config)
+    assert load_rlhf_results(tmp_path / "results.json") == json.loads(json.dumps(results))
+    versions = results["summary"]["versions"]
+    assert [v["round"] for v in versions] == [0, 1, 2]
+    assert versions[0]["gain_over_sft"] == {"rate": 0.0, "low": 0.0, "high": 0.0}
+    helpful = [np.mean([h for h, s, b in zip(r["policy"]["helpfulness"], r["policy"]["is_safety"],
+                                              r["policy"]["borderline"], strict=True) if not s and not b])
+               for r in reports]
+    assert [v["helpfulness_tasks"]["rate"] for v in versions] == pytest.approx(helpful)
+
+
+def test_missing_results_name_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="llama-course rlhf"):
+        load_rlhf_results(tmp_path / "none.json")
