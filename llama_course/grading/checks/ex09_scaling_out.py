@@ -1,4 +1,5 @@
-"""Tests of exercise 9: the training state per rank under DDP and FSDP, the MFU of a run, the days it takes.
+"""Tests of exercise 9: the training state per rank under DDP and FSDP, the MFU of a run, the days it takes, and
+the SwiGLU block split over ranks by hand (tensor parallelism, Megatron-LM), graded on 2 gloo processes.
 
 Llama 1, section 2.4 (2,048 A100-80GB, about 380 tokens/s/GPU, about 21 days for 1.4T tokens); ZeRO-3 /
 FSDP2 sharding (Rajbhandari et al. 2020); model FLOPs utilisation (PaLM, appendix B).
@@ -6,10 +7,13 @@ FSDP2 sharding (Rajbhandari et al. 2020); model FLOPs utilisation (PaLM, appendi
 
 import random
 
+import numpy
 import torch
+import torch.nn.functional as F
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
-from llama_course.grading.assertions import assert_equal, assert_number_close
+from llama_course.grading.assertions import assert_equal, assert_number_close, assert_tensor_close, raises_value_error
+from llama_course.grading.checks.tensor_parallel_swiglu import on_gloo_ranks, random_swiglu, reference_shards
 from llama_course.grading.registry import Exercise
 from llama_course.model import Llama
 from llama_course.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, rank_state_bytes
@@ -128,3 +132,56 @@ def llama_65b_takes_about_21_days_and_twice_the_gpus_halve_it(days_to_train):
 EXERCISE.references("training_state_bytes_per_rank", expected_rank_bytes)
 EXERCISE.references("mfu_of_run", model_flops_utilization)
 EXERCISE.references("days_to_train", reference_days)
+
+
+# Tasks 4 and 5: the SwiGLU block split over ranks by hand (Megatron-LM), task 5 on 2 gloo processes.
+@EXERCISE.test("swiglu_shards", points=2)
+def each_rank_gets_its_rows_of_w1_w3_and_columns_of_w2(swiglu_shards):
+    swiglu = random_swiglu(12, 24, seed=9)
+    weights = (swiglu.w1.weight.detach(), swiglu.w3.weight.detach(), swiglu.w2.weight.detach())
+    for world_size in (1, 2, 3, 4, 8):
+        for rank in range(world_size):
+            got = swiglu_shards(*weights, rank, world_size)
+            if not isinstance(got, tuple) or len(got) != 3:
+                raise AssertionError(f"swiglu_shards should return a tuple (w1_shard, w3_shard, w2_shard), "
+                                     f"got {type(got).__name__}")
+            for name, actual, expected in zip(("w1", "w3", "w2"), got, reference_shards(*weights, rank,
+                                                                                       world_size), strict=True):
+                assert_tensor_close(actual, expected, atol=0, rtol=0,
+                                    what=f"the {name} shard of rank {rank} of {world_size}")
+
+@EXERCISE.test("swiglu_shards", points=2)
+def partial_outputs_of_all_ranks_add_up_to_the_whole_swiglu(swiglu_shards):
+    swiglu = random_swiglu(16, 48, seed=10)
+    weights = (swiglu.w1.weight.detach(), swiglu.w3.weight.detach(), swiglu.w2.weight.detach())
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    for world_size in (2, 3, 4):
+        total = sum(F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+                    for w1, w3, w2 in (swiglu_shards(*weights, rank, world_size) for rank in range(world_size)))
+        assert_tensor_close(total, swiglu(x).detach(), atol=1e-12, rtol=1e-12,
+                            what=f"the sum of the {world_size} ranks' partial SwiGLU outputs")
+
+@EXERCISE.test("swiglu_shards", points=1)
+def a_hidden_size_that_does_not_split_evenly_is_refused(swiglu_shards):
+    swiglu = random_swiglu(8, 10, seed=11)
+    weights = (swiglu.w1.weight.detach(), swiglu.w3.weight.detach(), swiglu.w2.weight.detach())
+    if not raises_value_error(swiglu_shards, *weights, 0, 4):
+        raise AssertionError("a hidden size of 10 over 4 ranks should raise ValueError (10 is not divisible by 4)")
+
+@EXERCISE.test("tensor_parallel_swiglu", points=3)
+def every_rank_returns_the_single_process_output_on_two_gloo_processes(tensor_parallel_swiglu):
+    cases, expected = [], []
+    for seed, (dim, hidden, shape) in enumerate(((16, 32, (2, 7)), (8, 24, (5,)))):
+        swiglu = random_swiglu(dim, hidden, seed=20 + seed)
+        x = torch.randn(*shape, dim, dtype=torch.float64)
+        cases.append((x, swiglu.w1.weight.detach(), swiglu.w3.weight.detach(), swiglu.w2.weight.detach()))
+        expected.append(swiglu(x).detach())
+    for rank, outputs in enumerate(on_gloo_ranks(tensor_parallel_swiglu, cases)):
+        for out, want in zip(outputs, expected, strict=True):
+            actual = torch.from_numpy(out) if isinstance(out, numpy.ndarray) else out
+            assert_tensor_close(actual, want, atol=1e-12, rtol=1e-12,
+                                what=f"the output of rank {rank} for x of shape {tuple(want.shape)}")
+
+
+EXERCISE.references("swiglu_shards", reference_shards)
+EXERCISE.references("tensor_parallel_swiglu", reference_shards)
