@@ -4,6 +4,7 @@
 - `batches`: resumable, rank-sharded global batches; `trainer`: the loop and the pluggable loss;
 - `checkpoint`: atomic safetensors / Distributed Checkpoint save and exact resume;
 - `distributed`: torchrun, DDP and FSDP2 applied from outside the model; `metrics`: JSONL and plots;
+- `parallel`: tensor and sequence parallelism, and (data, tensor) meshes with FSDP2 over the data dimension;
 - `mfu`: training FLOPs per token and model FLOPs utilisation; `pretrain`: configs, data and the CLI.
 """
 

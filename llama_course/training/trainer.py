@@ -1,8 +1,9 @@
 """One training loop for pretraining, supervised fine-tuning and reward models (Llama 1 and 2, section 2.2).
 
-The loop composes separate components, as torchtitan does: `parallelize` (DDP / FSDP2), `build_optimizer`
-(AdamW with the decay split), `build_scheduler` (warm-up + cosine), `ShardedBatches` (resumable data),
-`save_checkpoint` / `load_checkpoint`, and `MetricsLog`. What is trained is pluggable: a loss function
+The loop composes separate components, as torchtitan does: `parallelize` (DDP / FSDP2) or `parallelize_2d`
+(tensor + sequence parallelism, FSDP2 over the data dimension of a mesh), `build_optimizer` (AdamW with the
+decay split), `build_scheduler` (warm-up + cosine), `ShardedBatches` (resumable data), `save_checkpoint` /
+`load_checkpoint`, and `MetricsLog`. What is trained is pluggable: a loss function
 
     loss_fn(model, batch) -> LossSum(total, count)
 
