@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds, alternatives interleaved; median")
     return parser.parse_args()
 
 
@@ -145,7 +145,7 @@ def main() -> None:
                           "seq_len": args.block_seq_len, "rows": blocks},
         "max_abs_difference_to_sdpa": agreement_with_sdpa(args.device, dtype),
         "targets": check_targets(attention, blocks),
-    }  # fmt: skip
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -7,19 +7,21 @@
 2. FSDP2 with the bf16 mixed-precision policy on 1 GPU (a process group of one): same data, losses close to
    the autocast run; a Distributed Checkpoint save at step 3 resumed to step 6.
 3. torch.compile of every block: losses close to the eager run, and its speed.
-4. Throughput of the bench-24m preset (batch 8 x 256) eager and compiled, as tokens/s.
+4. Throughput of the bench-24m preset (batch 8 x 256) eager and compiled, as tokens/s: the two trainers step
+   in interleaved rounds; each reports the median and spread of its rounds, and the speedup is the ratio of
+   the two medians.
 """
 
 import json
 import os
 import tempfile
-import time
 
 import torch
 import torch.distributed as dist
 
 from llama_course.config import PRESETS
 from llama_course.model import Llama
+from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training import TensorBlocks, Trainer, TrainerConfig, causal_lm_loss
 
 
@@ -44,17 +46,6 @@ def train(preset: str, data, output_dir: str, until=None, steps=6, **overrides):
 
 def max_gap(a, b) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
-
-
-def throughput(trainer: Trainer, steps: int, tokens_per_step: int) -> float:
-    for _ in range(2):
-        trainer.train_step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    torch.cuda.synchronize()
-    return steps * tokens_per_step / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -92,14 +83,20 @@ def main() -> None:
 
         bench = PRESETS["bench-24m"]
         bench_data = learnable_blocks(bench.vocab_size, 8 * 40, 256)
-        speeds = {}
+        trainers = {}
         for name, compile_blocks in (("eager", False), ("compiled", True)):
             torch.manual_seed(0)
-            trainer = Trainer(Llama(bench), bench_data, TrainerConfig(
+            trainers[name] = Trainer(Llama(bench), bench_data, TrainerConfig(
                 steps=40, micro_batch_size=8, warmup_steps=1, progress=False, eval_every=0, checkpoint_every=0,
                 device="cuda", compile=compile_blocks), f"{root}/bench_{name}", columns=["input_ids", "labels"])
-            speeds[name] = round(throughput(trainer, 20, 8 * 256), 1)
-        report["bench24m_bf16_tokens_per_s"] = speeds
+        seconds = interleaved_seconds({name: trainer.train_step for name, trainer in trainers.items()},
+                                      rounds=20, warmup=2)
+        timings = {name: timing_summary(times) for name, times in seconds.items()}
+        report["bench24m_bf16"] = {
+            name: {"tokens_per_s": round(8 * 256 / timing["median_s"], 1), "spread": round(timing["spread"], 3)}
+            for name, timing in timings.items()}
+        report["bench24m_bf16"]["speedup_compiled"] = round(
+            timings["eager"]["median_s"] / timings["compiled"]["median_s"], 3)
     print(json.dumps(report, indent=1))
 
 

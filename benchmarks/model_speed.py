@@ -7,6 +7,9 @@ converted with `llama_course.interop`), both with SDPA attention:
   per token (N excludes the token embedding; PAPER_FACTS.md);
 - decoding: greedy tokens/s for `new_tokens` tokens after a short prompt, with our KV cache, without it
   (the whole prefix recomputed each step), and with transformers' `generate`.
+Every comparison runs its alternatives in interleaved rounds (ours, theirs, ours, theirs, ...), so a
+disturbance of the machine hits all of them; each reports the median of its rounds and their spread
+((max - min) / median), and every speedup is the ratio of two medians of this one run.
 
 Where the difference comes from: in training, the output projection fused with the loss
 (`layers/cross_entropy.py`) never allocates the full logits and reuses one buffer, which on a CPU saves the page
@@ -21,9 +24,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
@@ -32,20 +32,8 @@ from llama_course.config import PRESETS, count_parameters
 from llama_course.generation import generate
 from llama_course.interop import hf_config_from_model_config, to_hf_state_dict
 from llama_course.model import IGNORE_INDEX, Llama
+from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training.mfu import measure_matmul_flops, model_flops_utilization, training_flops_per_token
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds(fn: Callable[[], object], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -54,9 +42,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both models")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--train-steps", type=int, default=3, help="timed steps per model (after one warm-up)")
+    parser.add_argument("--train-steps", type=int, default=5, help="timed rounds, one step per model each")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--decode-rounds", type=int, default=3, help="timed rounds of each way of decoding")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -89,21 +78,19 @@ def main() -> None:
         loss.backward()
         losses["transformers"] = loss.item()
 
-    step_ours(), step_hf()  # warm-up
-    times = {"ours": [], "transformers": []}
-    for _ in range(args.train_steps):  # interleaved, so machine noise hits both alike
-        times["ours"].append(_seconds(step_ours, device))
-        times["transformers"].append(_seconds(step_hf, device))
+    times = interleaved_seconds({"ours": step_ours, "transformers": step_hf}, rounds=args.train_steps)
     peak = measure_matmul_flops(device=device)
     per_token = training_flops_per_token(config, args.seq_len)
     train = {}
     for name, seconds in times.items():
-        tokens_per_s = args.batch * args.seq_len / statistics.median(seconds)
+        timing = timing_summary(seconds)
+        tokens_per_s = args.batch * args.seq_len / timing["median_s"]
         mfu = model_flops_utilization(tokens_per_s, per_token, peak)
         train[name] = {"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 3),
-                       "step_seconds": [round(s, 3) for s in seconds], "loss": round(losses[name], 5)}
+                       "step_median_s": round(timing["median_s"], 4), "step_spread": round(timing["spread"], 3),
+                       "loss": round(losses[name], 5)}
     train["speedup_ours_over_transformers"] = round(
-        train["ours"]["tokens_per_s"] / train["transformers"]["tokens_per_s"], 3)
+        timing_summary(times["transformers"])["median_s"] / timing_summary(times["ours"])["median_s"], 3)
 
     # --- decoding: greedy, batch of one prompt ----------------------------------------------------------
     prompt = torch.randint(1, config.vocab_size, (1, args.prompt_len), device=device)
@@ -117,14 +104,19 @@ def main() -> None:
     }
     with torch.no_grad():
         generate(ours, prompt.tolist(), 4), hf.generate(prompt, max_new_tokens=4, do_sample=False)  # warm-up
-        for name, run in runs.items():
-            seconds = _seconds(lambda name=name, run=run: outputs.__setitem__(name, run()), device)
-            decode[name] = {"tokens_per_s": round(args.new_tokens / seconds, 1), "seconds": round(seconds, 3)}
+        times = interleaved_seconds(
+            {name: lambda name=name, run=run: outputs.__setitem__(name, run()) for name, run in runs.items()},
+            rounds=args.decode_rounds, warmup=0)
+    for name, seconds in times.items():
+        timing = timing_summary(seconds)
+        decode[name] = {"tokens_per_s": round(args.new_tokens / timing["median_s"], 1),
+                        "median_s": round(timing["median_s"], 3), "spread": round(timing["spread"], 3)}
     reference = outputs["transformers_generate"]
     decode["greedy_tokens_equal"] = all(
         (output[0] if name.startswith("ours") else output) == reference for name, output in outputs.items())
     decode["speedup_ours_kv_cache_over_transformers"] = round(
-        decode["ours_kv_cache"]["tokens_per_s"] / decode["transformers_generate"]["tokens_per_s"], 3)
+        timing_summary(times["transformers_generate"])["median_s"] / timing_summary(times["ours_kv_cache"])["median_s"],
+        3)
 
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(device),

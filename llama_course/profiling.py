@@ -10,12 +10,15 @@ deterministically, by recording two kinds of storage:
 Each storage is counted once, whatever number of views of it are saved. A tensor subclass that wraps others
 (a DTensor under tensor parallelism) counts the storages of what it wraps: the rank's own shard.
 
-`attention_costs` and `checkpoint_costs` are the measurements of chapter 6 and of `benchmarks/attention.py`.
+`attention_costs` and `checkpoint_costs` are the measurements of chapter 6 and of `benchmarks/attention.py`;
+`interleaved_seconds` and `timing_summary` time every benchmark's alternatives in interleaved rounds.
 """
 
+import functools
 import gc
+import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +138,41 @@ def best_seconds(step: Callable[[], object], *, repeats: int = 5, warmup: int = 
     return min(timed() for _ in range(repeats))
 
 
+def interleaved_seconds(
+    steps: Mapping[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times of each of `steps`, run in interleaved rounds (a, b, c, a, b, c, ...) after `warmup` rounds.
+
+    A disturbance of a shared machine (another process, a clock change) lasts seconds: timing one alternative
+    after the other puts it on whichever ran then, interleaving spreads it over all of them. Report the median
+    of the rounds and their spread (`timing_summary`), and compare alternatives by the ratio of their medians.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be at least 1")
+
+    def timed(step: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + rounds):
+        for name, step in steps.items():
+            elapsed = timed(step)
+            if round_index >= warmup:
+                seconds[name].append(elapsed)
+    return seconds
+
+
+def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Median, minimum and maximum of timed rounds, and their spread: (max - min) / median."""
+    median = statistics.median(seconds)
+    return {"median_s": median, "min_s": min(seconds), "max_s": max(seconds),
+            "spread": (max(seconds) - min(seconds)) / median, "rounds": len(seconds)}
+
+
 def attention_costs(
     seq_lens: Sequence[int],
     *,
@@ -149,8 +187,9 @@ def attention_costs(
 ) -> list[dict[str, float | int | str]]:
     """For each backend and causal sequence length T: bytes kept for backward and forward+backward seconds.
 
-    Rows: {"backend", "seq_len", "saved_bytes", "saved_bytes_beyond_inputs", "seconds"}; the inputs are
-    the q, k, v tensors (B, H, T, hd).
+    Rows: {"backend", "seq_len", "saved_bytes", "saved_bytes_beyond_inputs", "seconds", "spread"}; the inputs
+    are the q, k, v tensors (B, H, T, hd). At each T the backends are timed in `repeats` interleaved rounds;
+    "seconds" is the median, "spread" (max - min) / median.
     """
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
@@ -164,29 +203,26 @@ def attention_costs(
             for heads in (n_heads, n_kv_heads, n_kv_heads)
         )
         grad_out = torch.randn_like(q)
-        for backend in backends:
-            cost = _attention_cost(backend, q, k, v, grad_out, repeats)
-            rows.append({"backend": backend, "seq_len": seq_len, **cost})
+        forwards = {backend: _attention_forward(backend, q, k, v) for backend in backends}
+        steps = {backend: functools.partial(_backward, forward, (q, k, v), grad_out)
+                 for backend, forward in forwards.items()}
+        seconds = interleaved_seconds(steps, rounds=repeats)
+        for backend, forward in forwards.items():
+            saved = bytes_kept_for_backward(forward, inputs=(q, k, v))
+            timing = timing_summary(seconds[backend])
+            rows.append({"backend": backend, "seq_len": seq_len, "saved_bytes": saved.total,
+                         "saved_bytes_beyond_inputs": saved.beyond_inputs, "seconds": timing["median_s"],
+                         "spread": timing["spread"]})
     return rows
 
 
-def _attention_cost(
-    backend: str, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, repeats: int
-) -> dict[str, float | int]:
+def _attention_forward(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Callable[[], Tensor]:
     attend = ATTENTION_BACKENDS[backend]
+    return lambda: attend(q, k, v, offset=0, mask=None)[0]
 
-    def forward() -> Tensor:
-        return attend(q, k, v, offset=0, mask=None)[0]
 
-    def step() -> None:
-        torch.autograd.grad(forward(), (q, k, v), grad_out)
-
-    saved = bytes_kept_for_backward(forward, inputs=(q, k, v))
-    return {
-        "saved_bytes": saved.total,
-        "saved_bytes_beyond_inputs": saved.beyond_inputs,
-        "seconds": best_seconds(step, repeats=repeats),
-    }
+def _backward(forward: Callable[[], Tensor], inputs: Sequence[Tensor], grad_out: Tensor) -> None:
+    torch.autograd.grad(forward(), list(inputs), grad_out)
 
 
 def checkpoint_costs(
@@ -201,8 +237,9 @@ def checkpoint_costs(
 ) -> list[dict[str, float | int | str]]:
     """One `TransformerBlock` of `config` per checkpoint mode: bytes kept for backward and step seconds.
 
-    The block's input counts among the kept bytes when a mode keeps it; its parameters never do. Rows:
-    {"mode", "attention_backend", "saved_bytes", "seconds"}.
+    The block's input counts among the kept bytes when a mode keeps it; its parameters never do. The modes are
+    timed in `repeats` interleaved rounds. Rows: {"mode", "attention_backend", "saved_bytes", "seconds" (the
+    median), "spread" ((max - min) / median)}.
     """
     torch.manual_seed(0)
     block = TransformerBlock(config).to(device=device, dtype=dtype)
@@ -211,24 +248,21 @@ def checkpoint_costs(
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, T, hd/2)
     grad_out = torch.randn_like(x)
     parameters = list(block.parameters())
+
+    def forward() -> Tensor:
+        return block(x, cos, sin)[0]
+
+    def step(mode: str) -> None:
+        apply_activation_checkpointing(block, mode)
+        _backward(forward, [x, *parameters], grad_out)
+
+    seconds = interleaved_seconds({mode: functools.partial(step, mode) for mode in modes}, rounds=repeats)
     rows: list[dict[str, float | int | str]] = []
     for mode in modes:
         apply_activation_checkpointing(block, mode)
-
-        def forward() -> Tensor:
-            return block(x, cos, sin)[0]
-
-        def step() -> None:
-            torch.autograd.grad(forward(), [x, *parameters], grad_out)
-
         saved = bytes_kept_for_backward(forward, ignore=parameters)
-        rows.append(
-            {
-                "mode": mode,
-                "attention_backend": config.attention_backend,
-                "saved_bytes": saved.total,
-                "seconds": best_seconds(step, repeats=repeats),
-            }
-        )
+        timing = timing_summary(seconds[mode])
+        rows.append({"mode": mode, "attention_backend": config.attention_backend, "saved_bytes": saved.total,
+                     "seconds": timing["median_s"], "spread": timing["spread"]})
     apply_activation_checkpointing(block, "none")
     return rows

@@ -189,7 +189,7 @@ def plot_scaling(table: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     runs = table["runs"]
-    figure, (train_axis, serve_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (train_axis, serve_axis) = plt.subplots(1, 2, figsize=(8, 3.4))
     models = sorted({run["model"] for run in runs}, key=lambda name: SCALING_MODELS[name].dim)
     for name in models:
         line = sorted((run for run in runs if run["model"] == name), key=lambda run: run["tokens"])

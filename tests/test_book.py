@@ -11,11 +11,11 @@ Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs b
 `chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are
 those of that origin.
 
-Offline, resources from the internet cannot load. The book loads exactly one: MathJax, from the CDN named in
-`OFFLINE_CDN_HOSTS` (Sphinx's default `mathjax_path`). Console errors about a URL on such a host are told
-apart and tolerated (the math then shows as TeX source). So is the 404 of `/favicon.ico` at the server root:
-Chromium requests it by itself for a page that names no icon, and the book names none. Every other console
-error fails the test, and so does a broken image from anywhere: the book ships every image it shows.
+The book loads nothing from the internet: MathJax comes with it (book/_ext/offline_mathjax.py), so every
+equation must be typeset, and fit the column, without a network. The only console error tolerated is the 404
+of `/favicon.ico` at the server root: Chromium requests it by itself for a page that names no icon, and the
+book names none. Every other console error fails the test, and so does a broken image: the book ships every
+image it shows, and every resource a page loads is from the book's own origin.
 """
 
 import functools
@@ -25,7 +25,6 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -34,7 +33,6 @@ from llama_course.notebooks import local_paths
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SCREENSHOT = ROOT / "_build" / "chapter_screenshot.png"
-OFFLINE_CDN_HOSTS = {"cdn.jsdelivr.net": "MathJax 3 (Sphinx's default mathjax_path)"}
 MIN_FIGURE_SCALE = 0.8  # rendered width / natural width of a figure
 # What a reader must never see in an output: a warning, a traceback, a tqdm bar ("40%|####  | 4/10").
 FORBIDDEN_OUTPUT = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|\d+%\|.*\|\s*\d+/\d+")
@@ -55,7 +53,7 @@ OVERFLOW_STATE = """
 const article = document.querySelector('article.bd-article');
 if (!article) return [];
 const column = article.getBoundingClientRect().right;
-const boxes = article.querySelectorAll('.cell_input pre, .cell_output pre, table, mjx-container[display="true"]');
+const boxes = article.querySelectorAll('.cell_input pre, .cell_output pre, table, .MathJax_Display');
 return Array.from(boxes).filter(box => box.scrollWidth > box.clientWidth + 1
                                     || box.getBoundingClientRect().right > column + 1)
     .map(box => ({kind: box.closest('.cell_input') ? 'code' : box.closest('.cell_output') ? 'output'
@@ -120,33 +118,39 @@ def browser():
     driver.quit()
 
 
+# MathJax 2 typesets after the page loads: its queue runs a callback once everything queued before is done.
+MATH_TYPESET = """
+const done = arguments[arguments.length - 1];
+if (!window.MathJax || !window.MathJax.Hub) { done(false); return; }
+MathJax.Hub.Queue(() => done(true));
+"""
+MATH_STATE = """
+return {typeset: document.querySelectorAll('.MathJax, .MathJax_Display').length,
+        source: document.querySelectorAll('span.math, div.math').length,
+        raw: Array.from(document.querySelectorAll('span.math, div.math'))
+                  .filter(node => !node.querySelector('.MathJax, .MathJax_Display, script[type^="math/tex"]'))
+                  .map(node => node.textContent.slice(0, 60))};
+"""
+RESOURCES = "return performance.getEntriesByType('resource').map(entry => entry.name);"
+
+
 def load(browser, url: str) -> list[dict]:
-    """Open `url`, wait until every image finished loading, and return the images' state."""
+    """Open `url`, wait until every image finished loading and the math is typeset; return the images' state."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
     wait = WebDriverWait(browser, 20)
     wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
     wait.until(lambda b: all(img["complete"] for img in b.execute_script(IMAGES_STATE)))
+    browser.set_script_timeout(60)
+    browser.execute_async_script(MATH_TYPESET)
     return browser.execute_script(IMAGES_STATE)
 
 
-def split_console_errors(entries: list[dict], origin: str) -> tuple[list[str], list[str]]:
-    """(the book's own errors, errors about an offline CDN) among the browser log entries."""
-    own, offline = [], []
-    for entry in entries:
-        if entry["level"] != "SEVERE":
-            continue
-        message = entry["message"]
-        url = message.split(" ", 1)[0]
-        host = urlsplit(url).hostname if url.startswith(("http://", "https://")) else None
-        if host in OFFLINE_CDN_HOSTS and not message.startswith(origin):
-            offline.append(message)
-        elif url == f"{origin}/favicon.ico":
-            continue
-        else:
-            own.append(message)
-    return own, offline
+def console_errors(entries: list[dict], origin: str) -> list[str]:
+    """The browser log's errors, but for Chromium's own request of the missing `/favicon.ico`."""
+    return [entry["message"] for entry in entries
+            if entry["level"] == "SEVERE" and entry["message"].split(" ", 1)[0] != f"{origin}/favicon.ico"]
 
 
 def test_every_book_page_chapter_and_exercise_is_rendered():
@@ -181,28 +185,38 @@ def test_each_chapter_links_to_its_exercise_page_which_has_tasks_and_no_solution
         chapter = soup(HTML / "chapters" / f"{name}.html")
         links = {a.get("href", "").split("#")[0] for a in chapter.select("article a")}
         assert f"../exercises/{name}.html" in links, f"chapters/{name}.html does not link to its exercise page"
-        exercise = soup(HTML / "exercises" / f"{name}.html").select_one("article").get_text(" ")
+        exercise = " ".join(soup(HTML / "exercises" / f"{name}.html").select_one("article").get_text(" ").split())
         assert "raise NotImplementedError" in exercise, f"exercises/{name}.html shows no task stub"
         assert "BEGIN SOLUTION" not in exercise, f"exercises/{name}.html shows a solution"
 
 
-def test_pages_load_without_javascript_errors_or_broken_images(server, browser, capsys):
-    problems, offline = [], set()
+def test_pages_load_offline_without_javascript_errors_or_broken_images(server, browser):
+    problems = []
     for page in book_pages():
         relative = page.relative_to(HTML).as_posix()
         browser.get_log("browser")  # drop what the previous page left
         images = load(browser, f"{server}/{relative}")
-        own_errors, offline_errors = split_console_errors(browser.get_log("browser"), server)
-        problems += [f"{relative}: JavaScript console error: {message}" for message in own_errors]
-        offline.update(offline_errors)
+        problems += [f"{relative}: JavaScript console error: {message}"
+                     for message in console_errors(browser.get_log("browser"), server)]
+        problems += [f"{relative}: loads {url} from outside the book"
+                     for url in browser.execute_script(RESOURCES) if not url.startswith(server)]
         problems += [f"{relative}: broken image {img['src']}" for img in images if img["width"] == 0]
         if relative.startswith("chapters/"):
             figures = [img for img in images if img["figure"] and img["width"] > 0]
             if not figures:
                 problems.append(f"{relative}: chapter page without a figure (no image among the cell outputs)")
-    with capsys.disabled():
-        for message in sorted(offline):
-            print(f"\n[tolerated, offline CDN] {message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_math_is_typeset_offline(server, browser):
+    problems, typeset = [], 0
+    for page in book_pages():
+        relative = page.relative_to(HTML).as_posix()
+        load(browser, f"{server}/{relative}")
+        state = browser.execute_script(MATH_STATE)
+        typeset += state["typeset"]
+        problems += [f"{relative}: math left as TeX source: {raw!r}" for raw in state["raw"]]
+    assert typeset > 0, "no equation of the book was typeset: is MathJax served from _static/mathjax?"
     assert not problems, "\n".join(problems)
 
 

@@ -2,13 +2,16 @@
 
 Colab comes with its own (CUDA) build of torch, and the first cell of every chapter must install the course
 without replacing it. Here a fresh venv gets this environment's torch (pip finds the same wheel), then the
-install cell, taken verbatim from a chapter, runs with `google.colab` present in `sys.modules` and with the
-git URL swapped for a copy of this checkout (what `git+URL` would fetch: the files git tracks or would track).
-The package must import, and torch must be the very same installation: same version, same files untouched.
-Takes a minute or two (it installs the package's dependencies from the package index or pip's cache).
+install cell, taken verbatim from a chapter, runs with `google.colab` present in `sys.modules`; only its
+repository URL is swapped for a local bare git repository holding this checkout (the files git tracks or would
+track, committed), so pip runs the cell's own `llama-course @ git+URL` requirement: it clones the repository
+and builds the package from it. The package must import, the cell must say what it does and when it is done,
+and torch must be the very same installation: same version, same files untouched. Takes a minute or two (it
+installs the package's dependencies from the package index or pip's cache).
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_REQUIREMENT = 'f"llama-course @ git+{REPOSITORY_URL}"'
+URL_LINE = re.compile(r'^REPOSITORY_URL = "[^"]*"$', re.M)
 
 
 def run(*command: str | Path, **kwargs) -> str:
@@ -46,6 +50,16 @@ def copy_of_checkout(destination: Path) -> Path:
     return destination
 
 
+def bare_repository(checkout: Path, destination: Path) -> Path:
+    """A bare git repository whose one commit holds `checkout`: what a git host serves to `git clone`."""
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run("git", "init", "-q", "-b", "main", cwd=checkout)
+    run("git", "add", "-A", cwd=checkout)
+    run("git", *identity, "commit", "-q", "-m", "the course", cwd=checkout)
+    run("git", "clone", "-q", "--bare", checkout, destination)
+    return destination
+
+
 def torch_fingerprint(python: Path) -> str:
     """torch's version, where it lives, and the mtimes of its RECORD and __init__.py, as seen by `python`."""
     probe = (
@@ -65,11 +79,14 @@ def test_install_cell_installs_the_package_and_keeps_torch(tmp_path: Path):
     before = torch_fingerprint(python)
     assert before.startswith(f"{torch.__version__} {environment}"), before
 
-    source = copy_of_checkout(tmp_path / "checkout")
-    cell = install_cell().replace(GIT_REQUIREMENT, repr(f"llama-course @ {source.as_uri()}"))
+    bare = bare_repository(copy_of_checkout(tmp_path / "checkout"), tmp_path / "llama-course.git")
+    cell, replaced = URL_LINE.subn(f'REPOSITORY_URL = "{bare.as_uri()}"', install_cell())
+    assert replaced == 1, "the install cell has no `REPOSITORY_URL = \"...\"` line"
     pretend_colab = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run(python, "-c", pretend_colab + cell, cwd=tmp_path, env=env)
+    printed = run(python, "-c", pretend_colab + cell, cwd=tmp_path, env=env)
+    assert f"pip install 'llama-course @ git+{bare.as_uri()}'" in printed, printed
+    assert re.search(r"^done: llama-course \S+ installed in \d+ s$", printed, re.M), printed
 
     assert torch_fingerprint(python) == before, "the install cell reinstalled or upgraded torch"
     imported = run(python, "-c", "import llama_course, llama_course.model; print(llama_course.__file__)",

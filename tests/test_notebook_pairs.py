@@ -17,7 +17,14 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from llama_course.notebooks import CHECK_TAG, COURSE_LINK, colab_install_cell, output_problems, repository
+from llama_course.notebooks import (
+    CHECK_TAG,
+    COURSE_LINK,
+    colab_install_cell,
+    output_problems,
+    repository,
+    with_repository,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md"))
@@ -111,3 +118,26 @@ def test_links_to_the_course_use_the_configured_repository_and_the_exercise(chap
 def test_chapter_is_in_the_table_of_contents(chapter: Path):
     toc = (ROOT / "_toc.yml").read_text()
     assert f"file: chapters/{chapter.stem}\n" in toc, f"add `- file: chapters/{chapter.stem}` to _toc.yml"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_ends_with_what_to_remember_its_exercise_and_references(chapter: Path):
+    headings = [line for line in chapter.read_text().splitlines() if line.startswith("## ")]
+    assert headings[-3:] == ["## What to remember", "## Exercise", "## References"], (
+        f"{chapter.name} ends with {headings[-3:]}; every chapter ends with What to remember, Exercise, References"
+    )
+
+
+def test_a_fork_changes_only_config_yml(tmp_path: Path):
+    """`_config.yml` names the repository; syncing writes it into every install cell and course link."""
+    fork_url, fork_branch = "https://github.com/someone/llama-fork", "dev"
+    config = tmp_path / "_config.yml"
+    config.write_text(f"repository:\n  url: {fork_url}\n  branch: {fork_branch}\n")
+    assert repository(config) == (fork_url, fork_branch)
+    text = with_repository(CHAPTERS[0].read_text(), fork_url, fork_branch)
+    code = [cell for cell in jupytext.reads(text, fmt="md:myst").cells if cell.cell_type == "code"]
+    assert code[0].source.strip() == colab_install_cell(fork_url)
+    assert {link for link in COURSE_LINK.findall(text)} == {("someone/llama-fork", "dev")}
+    config.write_text("repository:\n  url: https://gitlab.com/someone/fork\n  branch: main\n")
+    with pytest.raises(ValueError, match="must be https://github.com/OWNER/NAME"):
+        repository(config)

@@ -6,7 +6,14 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from llama_course.config import ModelConfig
-from llama_course.profiling import attention_costs, best_seconds, bytes_kept_for_backward, checkpoint_costs
+from llama_course.profiling import (
+    attention_costs,
+    best_seconds,
+    bytes_kept_for_backward,
+    checkpoint_costs,
+    interleaved_seconds,
+    timing_summary,
+)
 
 
 def test_counts_saved_tensors_once_per_storage():
@@ -50,3 +57,16 @@ def test_checkpoint_costs_reports_every_mode():
     rows = checkpoint_costs(dataclasses.replace(config, attention_backend="memory_efficient"), seq_len=8, repeats=1)
     assert [row["mode"] for row in rows] == ["none", "selective", "selective-policy", "full"]
     assert rows[-1]["saved_bytes"] == 4 * 8 * 16 + 2 * 4 * 8 * 4  # full: the block input and the RoPE tables
+
+
+def test_interleaved_seconds_alternates_the_steps_and_drops_the_warmup():
+    calls = []
+    seconds = interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
+                                  warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 3, "b": 3}
+
+
+def test_timing_summary_gives_median_and_spread():
+    assert timing_summary([2.0, 1.0, 4.0]) == {"median_s": 2.0, "min_s": 1.0, "max_s": 4.0, "spread": 1.5,
+                                               "rounds": 3}

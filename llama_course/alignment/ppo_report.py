@@ -78,7 +78,7 @@ def plot_ppo_metrics(history: list[dict[str, Any]], output: str | Path | None = 
     import matplotlib.pyplot as plt
 
     if axes is None:
-        _, axes = plt.subplots(2, 5, figsize=(17, 6))
+        _, axes = plt.subplots(5, 2, figsize=(8, 12))  # two panels a row: readable in a book column
     steps = [row["step"] for row in history]
     for axis, (key, title) in zip(axes.flat, PLOTTED, strict=True):
         axis.plot(steps, [row[key] for row in history], label=label, linewidth=1.2)

@@ -72,7 +72,7 @@ def plot_metrics(path: str | Path, output: str | Path | None = None):
     records = read_metrics(path)
     train = [r for r in records if "loss" in r and math.isfinite(r["loss"])]
     val = [r for r in records if "val_loss" in r]
-    figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(8, 3.2))
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
     if val:
         loss_axis.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
