@@ -4,8 +4,9 @@ Every turn re-encodes the whole dialogue with `llama_course.chat.encode_dialog` 
 does the same) and samples the answer token by token with `generate_stream`, printing each piece as soon as
 it is decoded. The dialogue is multi-turn: earlier answers stay in the context until `/reset`. When the
 dialogue no longer fits the model's context, the oldest (user, assistant) turns are dropped, the system
-message is kept. Commands: `/reset` starts a new dialogue (same system message), `/exit` (or end of input)
-quits. Sampling defaults are those of Meta's `example_chat_completion.py`: temperature 0.6, top-p 0.9.
+message is kept. Commands: `/reset` starts a new dialogue (same system message), `/exit` (or end of input,
+Ctrl-D) quits. Ctrl-C during an answer stops it and returns to the prompt; Ctrl-C at the prompt quits.
+Sampling defaults are those of Meta's `example_chat_completion.py`: temperature 0.6, top-p 0.9.
 
     llama-course chat                                   # the shipped SFT model
     llama-course chat --system "Speak in French." --temperature 0
@@ -18,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llama_course.chat import Message, encode_dialog, validate_dialog
-from llama_course.generation import generate_stream
+from llama_course.cli import bounded_number
+from llama_course.generation import check_sampling, generate_stream
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 
@@ -41,6 +43,7 @@ class ChatSession:
     ) -> None:
         if system is not None:
             validate_dialog([{"role": "system", "content": system}, {"role": "user", "content": "-"}])
+        check_sampling(temperature, top_p=top_p)
         if not 0 < max_new_tokens < model.config.max_seq_len:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, {model.config.max_seq_len - 1}] (the "
                              "model's context, less room for the prompt)")
@@ -52,39 +55,40 @@ class ChatSession:
         self.top_p = top_p
         self.seed = seed
         self.messages: list[Message] = []
-        self.turns_dropped = 0
+        self.turns_dropped = 0  # (user, assistant) turns dropped from the dialogue to fit the context
         self._replies = 0
 
     def reset(self) -> None:
         """Forget the dialogue (the system message stays)."""
         self.messages = []
 
-    def _prompt_ids(self, messages: list[Message]) -> list[int]:
-        """The encoded dialogue, its oldest turns dropped until the answer fits the context."""
+    def _fit_context(self, messages: list[Message]) -> tuple[list[int], list[Message]]:
+        """The encoded dialogue and the messages it keeps: the oldest turns dropped until the answer fits."""
         system = [{"role": "system", "content": self.system}] if self.system else []
         room = self.model.config.max_seq_len - self.max_new_tokens
         while True:
             ids = encode_dialog(self.tokenizer, system + messages).ids
             if len(ids) <= room:
-                return ids
+                return ids, messages
             if len(messages) == 1:
                 raise ValueError(f"the message is {len(ids)} tokens long with the system prompt; at most {room} "
                                  f"fit with max_new_tokens={self.max_new_tokens}: shorten it")
-            messages[:] = messages[2:]
-            self.turns_dropped += 1
+            messages = messages[2:]
 
     def reply(self, text: str) -> Iterator[str]:
         """Stream the model's answer to the user message `text` as pieces of text; then keep the turn.
 
         A message the chat format rejects (empty, or containing `[INST]`, `<<SYS>>`...) raises ValueError
         before anything is generated, and the dialogue is unchanged. An empty answer is not kept, nor its
-        prompt (the format has no empty messages).
+        prompt (the format has no empty messages); neither is an answer stopped before its end. Turns dropped
+        to fit the context leave the dialogue only when the answer is kept.
         """
         messages = [*self.messages, {"role": "user", "content": text}]
         validate_dialog(messages)
-        return self._stream(messages, self._prompt_ids(messages))
+        prompt, kept = self._fit_context(messages)
+        return self._stream(kept, prompt, dropped=(len(messages) - len(kept)) // 2)
 
-    def _stream(self, messages: list[Message], prompt: list[int]) -> Iterator[str]:
+    def _stream(self, messages: list[Message], prompt: list[int], dropped: int) -> Iterator[str]:
         generated: list[int] = []
         shown = ""
         steps = generate_stream(self.model, [prompt], self.max_new_tokens, temperature=self.temperature,
@@ -104,6 +108,7 @@ class ChatSession:
         self._replies += 1
         if answer.strip():
             self.messages = [*messages, {"role": "assistant", "content": answer.strip()}]
+            self.turns_dropped += dropped
 
 
 def load_chat_model(checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[Llama, Tokenizer]:
@@ -118,25 +123,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="exported model folder, shipped name (e.g. base) or training run; "
                                              "default: the shipped SFT model")
     parser.add_argument("--system", help="system message, folded into the first user turn (<<SYS>> ... <</SYS>>)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 for greedy decoding")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="longest answer, in tokens")
+    parser.add_argument("--temperature", type=bounded_number(float, 0), default=0.6, help="0 for greedy decoding")
+    parser.add_argument("--top-p", type=bounded_number(float, 0, 1, low_open=True), default=0.9,
+                        help="nucleus sampling threshold, in (0, 1]")
+    parser.add_argument("--max-new-tokens", type=bounded_number(int, 1), default=96, help="longest answer, in tokens")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (reply n uses seed + n)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
 
 
 def run(args: argparse.Namespace) -> None:
-    """The interactive loop: read a line, stream the answer; `/reset`, `/exit` or end of input."""
-    model, tokenizer = load_chat_model(args.checkpoint, args.device)
+    """The interactive loop: read a line, stream the answer; `/reset`, `/exit`, end of input or Ctrl-C to quit."""
+    from llama_course.training.distributed import pick_device
+
+    device = pick_device(args.device)  # an unknown or missing device fails before the model loads
+    model, tokenizer = load_chat_model(args.checkpoint, str(device))
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(f"Chatting with {args.checkpoint or 'the shipped SFT model'} in the Llama 2-Chat format; {HELP_LINE}.")
     while True:
         try:
             line = input("you> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D, or Ctrl-C at the prompt
             print()
             return
+        except UnicodeDecodeError as error:
+            print(f"(message not sent: the input is not valid UTF-8: {error.reason} at byte {error.start})")
+            continue
         command = line.strip()
         if not command:
             continue
@@ -158,6 +170,8 @@ def run(args: argparse.Namespace) -> None:
             print()
         except ValueError as error:
             print(f"(message not sent: {error})")
+        except KeyboardInterrupt:
+            print("\n(answer stopped and not kept; Ctrl-C again at the prompt, or Ctrl-D, quits)")
         if session.turns_dropped > dropped:
             print(f"({session.turns_dropped - dropped} oldest turn(s) dropped to fit the context)")
 

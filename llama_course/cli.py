@@ -114,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"llama-course {args.command}"
+    for flag, value in vars(args).items():  # every command: NaN and infinity are never meaningful flag values
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, float) and not math.isfinite(item) for item in values):
+            print(f"{name}: error: --{flag.replace('_', '-')}={value} is not a finite number", file=sys.stderr)
+            return 2
     try:
         args.handlers[args.command](args)
     except TrainingInterrupted as stop:

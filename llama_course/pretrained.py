@@ -177,6 +177,8 @@ def consolidate_sharded(checkpoint: str | Path, destination: str | Path) -> Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from llama_course.cli import bounded_number
+
     commands = parser.add_subparsers(dest="action", required=True)
     consolidate = commands.add_parser(
         "consolidate", help="rewrite a sharded (FSDP) checkpoint as one safetensors file that is safe to share")
@@ -187,12 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export = commands.add_parser("export", help="copy a pretraining run's final weights into a shipped folder")
     export.add_argument("run_dir", type=Path, help="the pretraining run's output directory")
     export.add_argument("destination", type=Path, help="e.g. llama_course/assets/base")
-    export.add_argument("--samples", type=int, default=256, help="stories sampled for the grammar score")
+    export.add_argument("--samples", type=bounded_number(int, 1), default=256,
+                        help="stories sampled for the grammar score")
     export.add_argument("--seed", type=int, default=0, help="sampling seed")
     rescore = commands.add_parser("rescore", help="grammar score of an exported folder at several temperatures")
     rescore.add_argument("folder", type=Path, help="e.g. llama_course/assets/base")
-    rescore.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8, 0.6])
-    rescore.add_argument("--samples", type=int, default=128, help="stories sampled per temperature")
+    rescore.add_argument("--temperatures", type=bounded_number(float, 0), nargs="+", default=[1.0, 0.8, 0.6])
+    rescore.add_argument("--samples", type=bounded_number(int, 1), default=128, help="stories sampled per temperature")
     rescore.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 

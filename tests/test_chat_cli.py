@@ -93,8 +93,71 @@ def test_session_drops_oldest_turns_to_fit_the_context(exported):
         assert len(encode_dialog(tokenizer, session.messages).ids) <= 64
     assert session.turns_dropped >= 1 and len(session.messages) < 6
     assert session.messages[0] == {"role": "user", "content": FIRST}
+    dropped, dialogue = session.turns_dropped, list(session.messages)
     with pytest.raises(ValueError, match="shorten it"):
         session.reply("word " * 60)
+    # a refused message drops nothing (the old CLI then printed a false "2 oldest turn(s) dropped")
+    assert (session.turns_dropped, session.messages) == (dropped, dialogue)
+
+
+def run_chat(folder, lines, monkeypatch, capsys, *extra) -> str:
+    """`llama-course chat` in this process, `input()` answering `lines` (an exception is raised, not returned)."""
+    import argparse
+    import builtins
+
+    from llama_course import chat_cli
+
+    parser = argparse.ArgumentParser()
+    chat_cli.add_arguments(parser)
+    feed = iter(lines)
+
+    def fake_input(prompt):
+        print(prompt, end="")
+        line = next(feed)
+        if isinstance(line, BaseException):
+            raise line
+        return line
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    chat_cli.run(parser.parse_args(["--checkpoint", str(folder), "--temperature", "0", "--max-new-tokens",
+                                    str(MAX_NEW), *extra]))
+    return capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_answer_and_a_second_ctrl_c_at_the_prompt_quits(exported, monkeypatch, capsys):
+    from llama_course import chat_cli
+
+    real_stream, calls = chat_cli.generate_stream, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        for index, token in enumerate(real_stream(*args, **kwargs)):
+            if len(calls) == 1 and index == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the first answer
+            yield token
+
+    monkeypatch.setattr(chat_cli, "generate_stream", interrupted_once)
+    stdout = run_chat(exported, [SECOND, FIRST, KeyboardInterrupt(), "never read"], monkeypatch, capsys)
+    assert "(answer stopped and not kept; Ctrl-C again at the prompt, or Ctrl-D, quits)" in stdout
+    model, tokenizer = load_base_model(str(exported))
+    # the stopped answer was not kept: the next one is the single-turn answer
+    assert answers_in(stdout)[-1] == greedy_answer(model, tokenizer, [{"role": "user", "content": FIRST}])
+    assert stdout.count("you> ") == 3 and stdout.endswith("you> \n")
+
+
+def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(exported):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "llama_course.chat_cli", "--checkpoint", str(exported)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    seen, deadline = b"", time.monotonic() + 120
+    while not seen.endswith(b"you> ") and time.monotonic() < deadline:
+        seen += process.stdout.read1(64)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
 
 
 def test_default_is_the_shipped_sft_model():

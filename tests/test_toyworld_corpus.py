@@ -3,7 +3,7 @@
 import datasets
 import pytest
 
-from llama_course.toyworld import build_tokenizer
+from llama_course.toyworld import build_tokenizer, corpus
 from llama_course.toyworld.assets import TOY_TOKENIZER_PATH, TOY_VOCAB_SIZE, toy_tokenizer
 from llama_course.toyworld.corpus import CorpusUnavailableError, load_corpus, split_hh_transcript
 from llama_course.toyworld.stories import generate_stories
@@ -31,6 +31,7 @@ def test_offline_hub_corpus_names_the_offline_alternative(monkeypatch):
         raise ConnectionError("Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(corpus, "hub_unreachable", lambda: None)  # the Hub answers, the download fails
     with pytest.raises(CorpusUnavailableError, match="load_corpus\\('toy-stories'\\)"):
         load_corpus("tinystories")
     with pytest.raises(CorpusUnavailableError, match="load_corpus\\('toy-preferences'\\)"):
@@ -49,6 +50,7 @@ def test_hub_corpus_is_cut_and_hh_rlhf_is_split(monkeypatch):
         return fake
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(corpus, "hub_unreachable", lambda: None)
     pairs = load_corpus("hh-rlhf", n=2, split="test")
     assert calls == [("Anthropic/hh-rlhf", "test")]
     assert len(pairs) == 2

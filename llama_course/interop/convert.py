@@ -4,6 +4,7 @@ import argparse
 
 import torch
 
+from llama_course.cli import bounded_number
 from llama_course.interop.checkpoints import (
     load_hf_checkpoint,
     load_meta_checkpoint,
@@ -19,9 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("destination", help="checkpoint folder to write (written atomically)")
     parser.add_argument("--from", dest="source_format", choices=["hf", "meta"], required=True)
     parser.add_argument("--to", dest="destination_format", choices=["hf", "meta"], required=True)
-    parser.add_argument("--num-shards", type=int, default=1, help="model-parallel shards when writing Meta's layout")
-    parser.add_argument("--vocab-size", type=int, help="Meta only: when params.json says -1 (default: from weights)")
-    parser.add_argument("--max-seq-len", type=int, help="Meta only: 2048 for Llama 1, 4096 for Llama 2")
+    parser.add_argument("--num-shards", type=bounded_number(int, 1), default=1,
+                        help="model-parallel shards when writing Meta's layout")
+    parser.add_argument("--vocab-size", type=bounded_number(int, 1),
+                        help="Meta only: when params.json says -1 (default: from weights)")
+    parser.add_argument("--max-seq-len", type=bounded_number(int, 1),
+                        help="Meta only: 2048 for Llama 1, 4096 for Llama 2")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep stored dtype)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination folder")
 

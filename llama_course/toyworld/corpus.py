@@ -8,9 +8,13 @@ data) come from the Hugging Face Hub through `datasets.load_dataset` and need a 
 
 from __future__ import annotations
 
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import datasets
+import huggingface_hub.constants
 
 from llama_course.toyworld.annotators import generate_preferences
 from llama_course.toyworld.dialogues import generate_dialogues
@@ -42,6 +46,27 @@ def split_hh_transcript(chosen: str, rejected: str) -> dict[str, str]:
     return {"prompt": chosen[:cut], "chosen": chosen[cut:].strip(), "rejected": rejected[cut:].strip()}
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hugging Face Hub answers an HTTP request within `timeout` seconds (any status), else why
+    not. The request runs in a thread: a name lookup ignores timeouts, and nothing may take longer."""
+    endpoint = huggingface_hub.constants.ENDPOINT
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer, if not a welcome one: the Hub is there
+            outcome.append(None)
+        except (OSError, ValueError) as error:  # URLError, timeouts, refused connections, a malformed endpoint
+            outcome.append(f"{endpoint} is unreachable ({getattr(error, 'reason', error)})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{endpoint} did not answer within {timeout:g} s"
+
+
 def load_corpus(
     name: str = "toy-stories", *, n: int | None = None, seed: int = 0, split: str = "train", **options
 ) -> datasets.Dataset:
@@ -59,13 +84,16 @@ def load_corpus(
         raise ValueError(f"unknown corpus {name!r}; choose one of {(*TOY_CORPORA, *HUB_CORPORA)}")
     if n is not None and (not isinstance(n, int) or n < 0):
         raise ValueError(f"n={n!r} must be None (all rows) or a non-negative int (the number of rows to keep)")
+    unavailable = f"could not load {name!r} ({HUB_CORPORA[name]}) from the Hugging Face Hub"
+    offline = (f"Without a network use the offline toy corpus: load_corpus({_OFFLINE_ALTERNATIVE[name]!r}); a copy "
+               "already cached loads with HF_HUB_OFFLINE=1")
+    unreachable = None if huggingface_hub.constants.HF_HUB_OFFLINE else hub_unreachable()
+    if unreachable is not None:  # fail in seconds instead of the Hub client's half-minute of retries
+        raise CorpusUnavailableError(f"{unavailable}: {unreachable}. {offline}")
     try:
         dataset = datasets.load_dataset(HUB_CORPORA[name], split=split, **options)
     except (OSError, ConnectionError) as error:  # offline: ConnectionError; DNS and HTTP failures: OSError
-        raise CorpusUnavailableError(
-            f"could not load {name!r} ({HUB_CORPORA[name]}) from the Hugging Face Hub: {error}. "
-            f"Without a network use the offline toy corpus: load_corpus({_OFFLINE_ALTERNATIVE[name]!r})"
-        ) from error
+        raise CorpusUnavailableError(f"{unavailable}: {error}. {offline}") from error
     if n is not None:
         dataset = dataset.select(range(min(n, len(dataset))))
     if name == "hh-rlhf":

@@ -96,16 +96,17 @@ class PretrainConfig:
             output_dir=str(values.get("output_dir", cls.output_dir)),
             model=dict(model),
             data=build_section(DataConfig, values.get("data", {}), "data"),
-            trainer=build_section(TrainerConfig, {"lr": 1e-3, "warmup_steps": 50} | values.get("trainer", {}),
-                                  "trainer"),
+            trainer=build_section(TrainerConfig, values.get("trainer", {}), "trainer",
+                                  defaults={"lr": 1e-3, "warmup_steps": 50}),
         )
 
 
-def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    """The config dataclass `cls` from one [section] of a config file, rejecting unknown keys by name and values
-    whose type is not the default's (an int where a float is expected is fine)."""
+def build_section(cls: type, values: dict[str, Any], section: str, defaults: dict[str, Any] | None = None) -> Any:
+    """The config dataclass `cls` from one [section] of a config file (over `defaults`), rejecting unknown keys
+    by name and values whose type is not the field default's (an int where a float is expected is fine)."""
     if not isinstance(values, dict):
         raise ValueError(f"[{section}] must be a table of keys, got {values!r}")
+    values = (defaults or {}) | values
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -118,7 +119,7 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
         fits = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else (
             isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
         if not fits:
-            raise ValueError(f"{section}.{name}={value!r} must be a {kind.__name__} (the default is {default!r})")
+            raise ValueError(f"{section}.{name}={value!r} must be of type {kind.__name__} (default {default!r})")
     return cls(**values)
 
 
@@ -131,7 +132,12 @@ def read_config_values(path: str | Path | None = None, overrides: list[str] | tu
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {str(path)!r}")
         text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        try:
+            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except ValueError as error:  # JSONDecodeError, TOMLDecodeError
+            raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a table of settings, not a {type(values).__name__}")
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
