@@ -1,7 +1,6 @@
 """Checkpoint interop without transformers: config translation, name mapping, Meta shards, strict loading."""
 
 import json
-import pickle
 import subprocess
 import sys
 
