@@ -4,8 +4,9 @@ Static checks of the HTML: no output that a reader must not see (stderr, a warni
 bar, a widget, a path of the build machine), every chapter links to its exercise page, which holds the tasks
 and their stubs but never a solution. In headless Chromium, at the window size of a laptop (1280 pixels): no
 JavaScript error, no broken image, a figure per chapter, every code cell, output and table within the text
-column, and every figure shown at `MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than
-the column is scaled down, and its fonts with it).
+column (an output line wider than the column wraps: book/_static/book.css), and every figure shown at
+`MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than the column is scaled down, and its
+fonts with it).
 
 Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs before pytest) and Debian's
 `chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are

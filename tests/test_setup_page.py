@@ -58,6 +58,7 @@ def test_the_page_documents_the_cpu_torch_step_and_jupyter_lab():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a fresh install of every extra: minutes on a quiet machine, more on a busy one
 def test_setup_commands_work_as_written_on_a_fresh_environment(tmp_path: Path):
     lines = commands("On your own machine")
     clone = next(line for line in lines if line.startswith("git clone "))

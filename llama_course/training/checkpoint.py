@@ -27,6 +27,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,11 @@ def load_checkpoint(
         state = {"model": model_state}
         if optimizer is not None:
             state["optimizer"] = optimizer_state
-        dcp.load(state, checkpoint_id=path / "sharded", no_dist=not torch.distributed.is_initialized())
+        single_process = not torch.distributed.is_initialized()
+        with warnings.catch_warnings():
+            # torch warns "assuming the intent is to load in a single process" even when no_dist=True says so
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, checkpoint_id=path / "sharded", no_dist=single_process)
         set_state_dict(model, optimizers, model_state_dict=state["model"],
                        optim_state_dict=state.get("optimizer", {}))
     else:
