@@ -2,7 +2,8 @@
 
 For each exercise the solution notebook (`exercises/solutions/NN_name.md`) and the untouched student notebook
 (`exercises/NN_name.ipynb`) are graded exactly as `llama-course grade` grades them: executed in a fresh kernel,
-then tested. The two run side by side (a kernel start and `import torch` dominate the time).
+then tested in the grader's test worker, where every task's reference is watched for (so a solution that
+called the package would score 0). The two run side by side (kernel and worker starts dominate the time).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,8 @@ def test_each_task_is_a_stub_raising_not_implemented_error_in_the_student_notebo
         definition = [cell for cell in cells if f"def {function}(" in cell]
         assert len(definition) == 1 and STUB in definition[0], f"{name}: task {function} needs one stubbed definition"
     assert f"grade_here(globals(), chapter={exercise.chapter})" in cells[-1]
+    for suffix in (".ipynb", ".md"):  # so that a renamed copy is graded as this exercise
+        assert jupytext.read(EXERCISES / f"{name}{suffix}").metadata["llama_course"] == {"exercise": name}
 
 
 @pytest.mark.parametrize("name", EXERCISE_NAMES)

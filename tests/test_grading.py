@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -139,7 +140,10 @@ def test_an_endless_loop_is_stopped_at_the_time_limit():
 
 def test_without_fork_a_thread_still_stops_waiting_at_the_time_limit(monkeypatch):
     monkeypatch.setattr("multiprocessing.get_all_start_methods", lambda: ["spawn"])
-    assert not run_isolated(lambda: time.sleep(3), timeout_s=0.3).passed
+    release = threading.Event()
+    assert not run_isolated(release.wait, timeout_s=0.3).passed
+    release.set()  # the thread ends (and gives sys.stdout back) before this test does
+    time.sleep(0.2)
     assert "KeyError" in run_isolated(lambda: raises(None), timeout_s=5.0).message
     assert run_isolated(lambda: None, timeout_s=5.0).passed
 
@@ -319,13 +323,11 @@ def test_a_renamed_notebook_that_patches_the_grader_imports_the_answer_and_reads
     assert package_apply_rope_interleaved.__module__ == "llama_course.layers.rope"
 
 
-def test_a_notebook_that_rewrites_the_installed_checks_is_not_graded_and_the_checks_are_restored(tmp_path):
+def test_a_notebook_that_rewrites_the_installed_checks_is_not_graded(tmp_path):
     """In a copy of the package, so that the real checks are never touched while other tests read them."""
     package = tmp_path / "installed"
     shutil.copytree(ROOT / "llama_course", package / "llama_course",
                     ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    checks = package / "llama_course" / "grading" / "checks" / "ex02_rmsnorm.py"
-    original = checks.read_bytes()
     notebook = jupytext.read(ROOT / "exercises" / "solutions" / "02_rmsnorm.md")
     notebook.cells.insert(2, nbformat.v4.new_code_cell(
         "import pathlib\nimport llama_course.grading.checks.ex02_rmsnorm as checks\n"
@@ -337,9 +339,9 @@ def test_a_notebook_that_rewrites_the_installed_checks_is_not_graded_and_the_che
     env = {"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package)}
     printed = subprocess.run([sys.executable, "-m", "llama_course.cli", "grade", str(path)], env=env,
                              capture_output=True, text=True, timeout=600, cwd=tmp_path).stdout
-    assert "llama_course/grading/checks/ex02_rmsnorm.py" in printed and "not graded" in printed, printed
-    assert printed.rstrip().endswith("Score: 0/11"), printed
-    assert checks.read_bytes() == original and not (checks.parent / "ex00_planted.py").exists()
+    note = next(line for line in printed.splitlines() if line.startswith("note: the grader's files changed"))
+    assert "llama_course/grading/checks/ex02_rmsnorm.py" in note and "ex00_planted.py" in note, printed
+    assert "not graded" in note and printed.rstrip().endswith("Score: 0/11"), printed
 
 
 def test_a_top_level_cell_that_ignores_ctrl_c_and_loops_is_stopped_at_the_time_limit(tmp_path, capsys):
@@ -350,7 +352,7 @@ def test_a_top_level_cell_that_ignores_ctrl_c_and_loops_is_stopped_at_the_time_l
     start = time.monotonic()
     printed, data = run_cli([str(path), "--time-limit", "3"], capsys)
     assert time.monotonic() - start < 120
-    assert data["score"] == 0 and any("ignored the interrupt" in note for note in data["notes"]), data["notes"]
+    assert data["score"] == 0 and any("did not stop when interrupted" in note for note in data["notes"]), data["notes"]
 
 
 def test_grade_here_grades_the_functions_of_a_running_namespace(capsys):

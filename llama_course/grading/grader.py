@@ -84,7 +84,8 @@ class TestWorker:
                                                       data["reference"] and str(data["reference"]))
 
     def stop(self) -> None:
-        kill_process_tree(self.process.pid)
+        if self.process.returncode is None:  # not reaped yet: its pid still names it
+            kill_process_tree(self.process.pid)
         self.process.wait()
 
     def __enter__(self) -> "TestWorker":

@@ -1,16 +1,17 @@
-"""What keeps the student's code away from the grader: a scrubbed environment, no process left behind, the
-grader's own files restored after every run.
+"""What keeps the student's code away from the grader: a scrubbed environment, no process left behind, and a
+check that the grader's own files did not change.
 
 The notebook and the student's functions run as the same user as the grader, so they can write any file the
-grader can. The grader therefore snapshots its own code and checks (`llama_course/grading`) before it starts
-the notebook and restores them after each phase; a changed source file also voids the grade. Everything
-outside it (the rest of the package, the Python installation) is protected only by running each submission
-in a fresh container or as another user, as book/grading.md says.
+grader can. The test worker loads the checks before any student code runs, so a change cannot alter the run
+that made it; the grader fingerprints its code and checks (`llama_course/grading`) before the notebook starts
+and refuses to grade a notebook during whose run they changed, naming the files. It never writes them back
+itself (a developer may be editing them); a course keeps later runs safe by grading each submission in a
+fresh container or as a user that cannot write the installation, as book/grading.md says.
 """
 
 import ctypes
+import hashlib
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -52,7 +53,8 @@ def _children() -> dict[int, list[int]]:
 
 
 def kill_process_tree(pid: int) -> None:
-    """SIGKILL `pid`, its process group and every descendant still attached to it (Linux: found in /proc)."""
+    """SIGKILL `pid`, its process group and every descendant still attached to it (Linux: found in /proc).
+    `pid` must be a child of this process that is not reaped yet, so that it cannot name another process."""
     children, tree, queue = _children(), [], [pid]
     while queue:
         current = queue.pop()
@@ -67,7 +69,7 @@ def kill_process_tree(pid: int) -> None:
 
 
 class GraderFiles:
-    """A snapshot of the grader's files (its code, checks and their bytecode) that `restore` puts back."""
+    """A fingerprint of the grader's files (code, checks, bytecode) taken before the notebook runs."""
 
     def __init__(self, root: Path = GRADING_DIR) -> None:
         self.root = root
@@ -78,23 +80,17 @@ class GraderFiles:
         for path in self.root.rglob("*"):
             if path.is_symlink() or path.is_file():
                 try:
-                    files[path] = None if path.is_symlink() else path.read_bytes()
+                    files[path] = None if path.is_symlink() else hashlib.sha256(path.read_bytes()).digest()
                 except OSError:  # made unreadable
                     files[path] = None
         return files
 
-    def restore(self) -> list[str]:
-        """Undo every change since the snapshot; return the source files (not bytecode) that had changed."""
+    def changed(self) -> list[str]:
+        """The files changed, added or removed since the fingerprint. Bytecode counts only where it changed while
+        its source did not (Python rewrites it after an edit, and writes it for a module compiled the first
+        time)."""
         current = self._read()
-        changed = sorted({path for path in current.keys() | self.files.keys()
-                          if current.get(path) != self.files.get(path)})
-        for path in changed:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-            original = self.files.get(path)
-            if original is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(original)
-        return [str(path.relative_to(self.root.parents[1])) for path in changed if path.suffix != ".pyc"]
+        changed = {path for path in current.keys() | self.files.keys() if current.get(path) != self.files.get(path)}
+        sources = {path.stem.split(".")[0] for path in changed if path.suffix != ".pyc"}
+        return sorted(str(path.relative_to(self.root.parents[1])) for path in changed
+                      if path.suffix != ".pyc" or (path in self.files and path.stem.split(".")[0] not in sources))

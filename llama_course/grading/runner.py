@@ -6,9 +6,9 @@
    errors allowed; its own `grade_here(...)` cell is skipped. A watchdog interrupts a cell that outlives
    `--cell-timeout` or the whole notebook at `--time-limit`, and kills the kernel with everything it started
    when the interrupt is ignored. The last cell hands the task functions over as pickles (`export.py`).
-3. The kernel and its processes are killed, the grader's own files are restored from the snapshot taken before
-   the notebook started, and the worker tests the functions; the grader alone scores its answers and writes
-   the report. A notebook (or a function) that changed the grader's files is not graded.
+3. The kernel and its processes are killed, and the worker tests the functions; the grader alone scores its
+   answers and writes the report. A notebook during whose run the grader's own files changed (a fingerprint
+   is taken before it starts) is not graded.
 """
 
 import os
@@ -37,7 +37,7 @@ from llama_course.grading.registry import Exercise, exercise_name_in, find_exerc
 from llama_course.grading.report import ExerciseResult
 
 GRADE_HERE_CALL = "grade_here("
-INTERRUPT_GRACE_S = 10.0  # how long an interrupted cell has to stop before the kernel is killed
+INTERRUPT_GRACE_S = 5.0  # how long an interrupted cell has to stop before the kernel is killed
 
 
 def exercise_of(path: Path, notebook: nbformat.NotebookNode, name: str | None = None) -> Exercise:
@@ -52,39 +52,47 @@ def exercise_of(path: Path, notebook: nbformat.NotebookNode, name: str | None = 
 
 
 class Watchdog:
-    """Interrupts the running cell at its time limit or the notebook's, and kills the kernel if that is ignored."""
+    """Interrupts a cell at its time limit, and the notebook at its own (counted from its first cell); kills the
+    kernel, with everything it started, when either is still running `INTERRUPT_GRACE_S` after the interrupt."""
 
     def __init__(self, client: NotebookClient, cell_timeout_s: float, time_limit_s: float) -> None:
-        self.client, self.cell_timeout_s = client, cell_timeout_s
-        self.deadline = time.monotonic() + time_limit_s
+        self.client, self.cell_timeout_s, self.time_limit_s = client, cell_timeout_s, time_limit_s
+        self.deadline = float("inf")  # set when the first cell starts
         self.cell: tuple[int, float] | None = None  # (index, start) of the running cell
         self.reason: str | None = None  # why the kernel was killed
         self.stopped = threading.Event()
 
     def cell_started(self, cell: nbformat.NotebookNode, cell_index: int, **_: object) -> None:
-        self.cell = (cell_index, time.monotonic())
+        now = time.monotonic()
+        self.deadline = min(self.deadline, now + self.time_limit_s)
+        self.cell = (cell_index, now)
 
     def kernel_pid(self) -> int | None:
-        return getattr(getattr(self.client.km, "provisioner", None), "pid", None)
+        """The kernel's pid while it is not yet reaped (so that it cannot name another process by then)."""
+        process = getattr(getattr(self.client.km, "provisioner", None), "process", None)
+        return process.pid if process is not None and process.returncode is None else None
 
     def kill_kernel(self) -> None:
         if (pid := self.kernel_pid()) is not None:
             kill_process_tree(pid)
 
     def watch(self) -> None:
-        interrupted: tuple[int, float] | None = None
+        interrupted: dict[object, float] = {}  # "notebook" or a cell -> when it was interrupted
         while not self.stopped.wait(0.2):
             if self.cell is None or (pid := self.kernel_pid()) is None:
                 continue
-            index, start = self.cell
-            late_by = max(time.monotonic() - start - self.cell_timeout_s, time.monotonic() - self.deadline)
-            if late_by > 0 and interrupted != self.cell:
-                interrupted = self.cell
-                os.killpg(pid, signal.SIGINT)  # a KeyboardInterrupt in the cell
-            elif late_by > INTERRUPT_GRACE_S and interrupted == self.cell:
-                limit = "its time limit" if time.monotonic() < self.deadline else "the notebook's time limit"
-                self.reason = (f"cell {index + 1} ran past {limit} and ignored the interrupt: the kernel was "
-                               "stopped and the cells after it never ran")
+            now, (index, start) = time.monotonic(), self.cell
+            late = "notebook" if now > self.deadline else self.cell if now - start > self.cell_timeout_s else None
+            if late is None:
+                continue
+            if late not in interrupted:
+                interrupted[late] = now
+                os.killpg(pid, signal.SIGINT)  # a KeyboardInterrupt in the running cell
+            elif now - interrupted[late] > INTERRUPT_GRACE_S:
+                limit = "the notebook's time limit (--time-limit)" if late == "notebook" else \
+                    "its time limit (--cell-timeout)"
+                self.reason = (f"cell {index + 1} ran past {limit} and did not stop when interrupted: the kernel "
+                               "was stopped and the cells after it never ran")
                 self.kill_kernel()
                 return
 
@@ -141,11 +149,11 @@ def grade_notebook(
             f"_write_functions(globals(), {list(exercise.tasks)!r}, {str(functions)!r})"))
         with TestWorker(exercise, Path(scratch)) as worker:
             notes = run_notebook(notebook, Path(scratch), cell_timeout_s, time_limit_s, worker.ready)
-            changed = grader_files.restore()
+            changed = grader_files.changed()
             outcomes = worker.run(functions, test_timeout_s) if functions.exists() and not changed else {}
-        changed += grader_files.restore()
+        changed = grader_files.changed()
     if changed:
-        notes.append(f"the notebook changed the grader's files ({', '.join(sorted(set(changed)))}); they were "
-                     "restored and the notebook is not graded")
+        notes.append(f"the grader's files changed while it ran ({', '.join(changed)}): the notebook is not graded; "
+                     "reinstall the package (or restore the files) before grading again")
         outcomes = {}
     return score(exercise, outcomes, notes, missing="not graded: see the notes")
