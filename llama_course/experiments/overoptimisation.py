@@ -15,7 +15,6 @@ Both methods optimise the helpfulness RM on task prompts, so the picture is the 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from llama_course.alignment.ppo_rollout import ValueModel
 from llama_course.alignment.ppo_train import PPOConfig, PPOModels, train_ppo
 from llama_course.alignment.rejection import best_of_n_kl_bound, expected_order_statistic, sample_responses
 from llama_course.alignment.reward import RewardModel, score_responses
+from llama_course.experiments import load_results_file
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -84,11 +84,9 @@ def overoptimisation(policy: Llama, rm: RewardModel, safety_rm: RewardModel, tok
 
 
 def load_overoptimisation(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no over-optimisation results at {str(path)!r}: run `llama-course rlhf "
-                                f"--overoptimisation RUN --results {path}`")
-    return json.loads(path.read_text())
+    """The curves written by `llama-course rlhf --overoptimisation FILE` (chapter 13 plots them)."""
+    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf.toml "
+                                   f"--overoptimisation {path}")
 
 
 def plot_overoptimisation(result: dict[str, Any], axes=None):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from llama_course.evaluation import bootstrap_mean
+from llama_course.experiments import load_results_file
 from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds, load_round
 from llama_course.pretrained import ASSETS_DIR
 
@@ -104,11 +105,8 @@ def write_results(output_dir: str | Path, destination: str | Path, config: RLHFC
 
 def load_rlhf_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The results written by `llama-course rlhf --results FILE` (chapters 11 to 15 plot them)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no RLHF results at {str(path)!r}: run `llama-course rlhf --config "
-                                f"llama_course/assets/configs/rlhf.toml --seeds 0 1 2 --results {path}`")
-    return json.loads(path.read_text())
+    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf.toml --seeds 0 1 2 "
+                                   f"--results {path}")
 
 
 def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: str, **style: Any) -> None:
