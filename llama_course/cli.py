@@ -40,7 +40,7 @@ SUBCOMMAND_MODULES = [
      "rejection sampling fine-tuning: best-of-K by the RM, SFT on the winners"),
     ("ppo", "llama_course.alignment.ppo_report",
      "RLHF with PPO: KL-penalised, safety-first reward from the two RMs; data-parallel under torchrun"),
-    ("gatt", "llama_course.alignment.gatt",
+    ("gatt", "llama_course.commands.gatt",
      "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
     ("rlhf", "llama_course.commands.rlhf",
      "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),

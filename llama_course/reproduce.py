@@ -63,7 +63,9 @@ SMOKE = {
     "rejection_prompts": ["--prompts", "4", "--held-out", "4"],
     "ppo": ["--iterations", "1", "--batch-size", "4", "--minibatch-size", "2", "--chunk-size", "4",
             "--max-new-tokens", "6", "--prompts", "8"],
-    "gatt": {"dialogues": 3, "eval_dialogues": 2, "eval_turns": 2, "max_new_tokens": 6, "batch_size": 4},
+    "gatt": {"dialogues": 3, "train_turns": [2, 3], "answers": "reference", "sft_mix": 4, "eval_dialogues": 2,
+             "eval_turns": 2, "recall_turns": [1, 2], "eval_tasks": 4, "attention_dialogues": 1, "max_new_tokens": 6,
+             "batch_size": 4},
     "evaluate": ["--prompts", "6", "--safety-prompts", "4", "--max-new-tokens", "8", "--resamples", "100"],
 }
 
@@ -73,8 +75,10 @@ def _card(folder: Path) -> dict[str, Any]:
 
 
 def _flags(values: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    """`--key value` for each of `keys` (underscores as dashes): a shipped recipe as command-line flags."""
-    return [item for key in keys for item in (f"--{key.replace('_', '-')}", str(values[key]))]
+    """`--key value` (`--key v1 v2` for a list) for each of `keys` (underscores as dashes): a shipped recipe as
+    command-line flags."""
+    listed = {key: values[key] if isinstance(values[key], list) else [values[key]] for key in keys}
+    return [item for key in keys for item in (f"--{key.replace('_', '-')}", *map(str, listed[key]))]
 
 
 # ----- the steps ---------------------------------------------------------------------------------------------------
@@ -202,17 +206,18 @@ def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
     return {"true_reward": [rows[0]["true_combined"], rows[-1]["true_combined"]], "kl": rows[-1]["kl_k1"]}
 
 
-GATT_FLAGS = ("dialogues", "answers", "epochs", "lr", "batch_size", "eval_dialogues", "eval_turns", "max_new_tokens",
-              "seed")
+GATT_FLAGS = ("dialogues", "train_turns", "answers", "samples_per_turn", "temperature", "sft_mix", "epochs", "lr",
+              "batch_size", "eval_dialogues", "eval_turns", "recall_turns", "eval_tasks", "attention_dialogues",
+              "max_new_tokens")
 GATT_RESULTS_FILE = "gatt_results.json"
 
 
 def gatt_recipe() -> dict[str, Any]:
-    """The settings of chapter 14's shipped run (`assets/gatt_results.json`), less where it wrote."""
-    from llama_course.alignment.gatt import load_gatt_results
+    """The settings of chapter 14's shipped run (`assets/gatt_results.json`), less where it wrote; one seed."""
+    from llama_course.experiments.gatt import load_gatt_results
 
     shipped = load_gatt_results()["config"]
-    return {key: shipped[key] for key in (*GATT_FLAGS, "base", "control")}
+    return {key: shipped[key] for key in (*GATT_FLAGS, "base")}
 
 
 def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
@@ -222,8 +227,8 @@ def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
         raise ValueError(f"GAtt starts from {shipped['base']!r} (assets/gatt_results.json): no model of that name "
                          f"in {pipeline.out}")
     folder = pipeline.partial("gatt")
-    pipeline.command(["gatt", "--base", base, *_flags(shipped, GATT_FLAGS),
-                      *(["--control"] if shipped["control"] else []), "--output-dir", pipeline.path("runs", "gatt"),
+    pipeline.command(["gatt", "--base", base, *_flags(shipped, GATT_FLAGS), "--seeds", "0",
+                      "--output-dir", pipeline.path("runs", "gatt"),
                       "--export", folder,
                       "--results", folder / GATT_RESULTS_FILE])
     results = json.loads((folder / GATT_RESULTS_FILE).read_text())

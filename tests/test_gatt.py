@@ -5,12 +5,15 @@ import dataclasses
 import pytest
 import torch
 
+from llama_course.alignment import gatt
 from llama_course.alignment.gatt import (
+    adherence_by_turn,
     answer_dialogues,
     build_gatt_data,
     gatt_blocks,
     gatt_sample_ids,
     gatt_samples,
+    mix_blocks,
     recall_by_turn,
     with_instruction_in_every_turn,
     with_instruction_in_first_turn_only,
@@ -95,6 +98,7 @@ def test_recall_by_turn_on_hand_made_dialogues():
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Soldiers, listen! I play chess."},
     ]
     # first: 1, 0; second: (0 + 1) / 2, (1 + 0.5) / 2, (1 + 1) / 2
+    assert adherence_by_turn([first, second]) == [[1.0, 0.0], [0.5, 0.75, 1.0]]
     assert recall_by_turn([first, second]) == pytest.approx([(1 + 0.5) / 2, (0 + 0.75) / 2, 1.0])
     with pytest.raises(ValueError, match="system message"):
         recall_by_turn([first[1:]])
@@ -112,6 +116,61 @@ def test_answer_dialogues_repeats_the_instruction_and_stops_at_the_context(model
     assert any(len(done) < len(source) for source, done in zip(dialogues, answered, strict=True))
 
 
+def test_a_judge_keeps_the_best_of_the_samples_of_every_turn(model, tokenizer):
+    dialogues = list(generate_dialogues(4, seed=5, n_turns=3)["messages"])
+    calls: list[str] = []
+
+    def judge(system: str, answer: str) -> float:  # prefers answers with more letters 'e'
+        calls.append(answer)
+        return min(1.0, answer.count("e") / 20)
+
+    answered = answer_dialogues(model, tokenizer, dialogues, instruction_in_every_turn=True, max_new_tokens=12,
+                                temperature=1.0, samples_per_turn=3, judge=judge)
+    assert len(calls) == 4 * 3 * 3  # each turn's 3 samples, scored once each, turn by turn, dialogue by dialogue
+    assert len({*calls}) > 12  # sampled, not one answer repeated
+    for index, done in enumerate(answered):
+        assert len(done) == 7
+        for turn in range(3):
+            candidates = calls[(turn * 4 + index) * 3:][:3]
+            best = max(candidates, key=lambda answer: judge("", answer))  # the first of ties, as documented
+            assert done[2 + 2 * turn]["content"] == best
+    with pytest.raises(ValueError, match="samples_per_turn=3"):
+        answer_dialogues(model, tokenizer, dialogues, samples_per_turn=3, judge=judge)  # greedy: 3 equal samples
+    with pytest.raises(ValueError, match="samples_per_turn=2"):
+        answer_dialogues(model, tokenizer, dialogues, samples_per_turn=2, temperature=1.0)  # nothing to choose by
+
+
+def test_rejection_keeps_only_samples_whose_learned_answer_follows_the_instruction(model, tokenizer, monkeypatch):
+    def half_followed(model, tokenizer, dialogues, **kwargs):  # the reference answers, every second one spoiled
+        assert kwargs["judge"] is gatt.adherence and kwargs["samples_per_turn"] == 5
+        out = [with_instruction_in_every_turn(d) for d in dialogues]
+        for d in out:
+            for position in range(4, len(d), 4):
+                d[position] = {"role": "assistant", "content": "no."}
+        return out
+
+    monkeypatch.setattr(gatt, "answer_dialogues", half_followed)
+    data = build_gatt_data(model, tokenizer, 6, seed=8, n_turns=3, turns=(1, None), samples_per_turn=5)
+    assert sorted(data["turn"]) == [1] * 6 + [3] * 6  # turn 2 ("no.") rejected everywhere
+    for messages in data["messages"]:
+        assert gatt.adherence(messages[0]["content"], messages[-1]["content"]) == 1.0
+
+
+def test_mix_blocks_keep_every_conversation_with_the_sft_loss(tokenizer):
+    from llama_course.alignment.sft_data import encode_conversation, sft_conversations
+
+    mix = sft_conversations(5, 1, 1, 1, seed=0)
+    blocks = mix_blocks(tokenizer, mix, 128)
+    encoded = [encode_conversation(tokenizer, m, max_tokens=128) for m in mix["messages"]]
+    stream = [token for ids, _ in encoded for token in ids]
+    flat = [token for block in blocks["input_ids"] for token in block]
+    assert flat[: len(stream)] == stream and set(flat[len(stream):]) <= {tokenizer.pad_id}
+    assert len(flat) - len(stream) < 128
+    learned = sum(label != IGNORE_INDEX for block in blocks["labels"] for label in block)
+    # every masked-in token but each conversation's first (nothing predicts a document's first token)
+    assert learned == sum(sum(mask[1:]) for _, mask in encoded)
+
+
 def test_bad_arguments_raise_clear_errors(model, tokenizer, dialogue):
     with pytest.raises(ValueError, match="does not start with the instruction"):
         with_instruction_in_first_turn_only([dialogue[0], *dialogue[1:3], {"role": "user", "content": "x"}])
@@ -119,6 +178,8 @@ def test_bad_arguments_raise_clear_errors(model, tokenizer, dialogue):
         gatt_samples([dialogue], (0, None))
     with pytest.raises(ValueError, match="answers='oracle'"):
         build_gatt_data(model, tokenizer, 1, answers="oracle")
+    with pytest.raises(ValueError, match="samples_per_turn=0"):
+        answer_dialogues(model, tokenizer, [dialogue], samples_per_turn=0)
 
 
 def test_reference_answers_build_last_turn_samples(model, tokenizer):
@@ -178,3 +239,53 @@ def test_finetuning_on_gatt_samples_lowers_their_last_turn_loss(tokenizer, tmp_p
     assert result.step == 8 * len(data) // 4
     after = mean_loss()
     assert after < before - 0.5
+
+
+def test_summary_pairs_each_dialogue_and_task_across_models():
+    from llama_course.experiments.gatt import GAttConfig, mean_by_turn, recall_over_turns, summarize
+
+    config = GAttConfig(eval_turns=4, recall_turns=(2, 3))
+    base = {"adherence": [[1.0, 0.0, 0.5, 1.0], [0.0, 0.5, 0.5], [1.0, 1.0]], "helpfulness": [0.5, 0.25]}
+    assert recall_over_turns(base["adherence"], (2, 3)).tolist() == [0.25, 0.5, 1.0]
+    assert mean_by_turn([base["adherence"]]) == [2 / 3, 0.5, 0.5, 1.0]
+    # GAtt: +0.25 on every dialogue of both seeds; the control: the SFT model's values, one task 0.25 lower
+    gatt = {"adherence": [[a + 0.25 for a in row] for row in base["adherence"]], "helpfulness": [0.5, 0.25]}
+    control = {"adherence": base["adherence"], "helpfulness": [0.25, 0.25]}
+    summary = summarize(config, base, {0: {"gatt": gatt, "control": control}, 1: {"gatt": gatt, "control": control}})
+    recall, helpfulness = summary["recall"], summary["helpfulness"]
+    assert recall["mean"]["base"]["rate"] == pytest.approx(1.75 / 3)
+    for pair, value in {"gatt-base": 0.25, "gatt-control": 0.25, "control-base": 0.0}.items():
+        assert recall["difference"][pair] == pytest.approx({"rate": value, "low": value, "high": value})
+    assert helpfulness["difference"]["control-base"]["rate"] == pytest.approx(-0.125)
+    assert helpfulness["difference"]["control-base"]["low"] == pytest.approx(-0.25)
+    assert helpfulness["difference"]["control-base"]["high"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match=r"dialogues \[0\] end before turn 3"):
+        recall_over_turns([[1.0, 1.0]], (3, 4))
+    with pytest.raises(ValueError, match="recall_turns"):
+        GAttConfig(eval_turns=8)
+
+
+def test_experiment_runs_small_and_resumes_from_its_measurements(tmp_path, monkeypatch):
+    from llama_course.experiments import gatt as experiment
+
+    config = experiment.GAttConfig(base="random-tiny", dialogues=2, train_turns=(2, 3), answers="reference",
+                                   sft_mix=4, eval_dialogues=2, eval_turns=3, recall_turns=(2, 3), eval_tasks=3,
+                                   attention_dialogues=1, max_new_tokens=4, batch_size=4)
+    results, _, _ = experiment.run_experiment(config, [0], tmp_path, log=lambda _: None)
+    assert results["config"] == config.to_dict()
+    for name in ("base", "gatt", "control"):
+        assert len(results[name]["recall_by_turn"]) == 3
+    assert len(results["gatt"]["adherence_by_seed"][0]) == 2 and len(results["gatt"]["helpfulness_by_seed"][0]) == 3
+    assert (tmp_path / "seed-0" / "gatt" / "model" / "model.safetensors").is_file()
+    # the control learns the first turns, repeated to as many samples as GAtt's k >= 2 samples, for as many steps
+    training = {name: results[name]["training_by_seed"][0] for name in ("gatt", "control")}
+    assert training["gatt"]["samples"] == training["control"]["samples"] == sum(
+        n - 1 for n in generate_dialogues(2, seed=0, n_turns=(2, 3))["n_turns"])
+    assert training["gatt"]["steps"] == training["control"]["steps"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished measurement was recomputed")
+
+    monkeypatch.setattr(experiment, "finetune_gatt", no_training)
+    again, _, _ = experiment.run_experiment(config, [0], tmp_path, log=lambda _: None)
+    assert again == results

@@ -13,36 +13,29 @@ figure, randomly combined, shortened half the time), stated as the system messag
 into the first user turn. Our choices where the paper is silent: every prefix `[u1, a1, ..., uk, ak]` with
 k >= 2 of a sampled dialogue becomes one sample (the loss on `ak` only), so one sampled dialogue teaches every
 depth; each sample sits alone in its training block, padded, so the system message is always in its context.
-`recall_by_turn` measures constraint recall turn by turn with `toyworld.adherence` (Table 30);
-`gatt_attention.attention_to_system` gives the Figure 10 picture.
-
-    llama-course gatt --control --dialogues 160 --results llama_course/assets/gatt_results.json
-
-fine-tunes the shipped SFT model with GAtt (and, with `--control`, on the same answers' first turns only)
-and measures both. The answers are sampled from the SFT model itself, the paper's step 2; `--answers
-reference` takes the toy world's reference answers instead, for a model too weak to follow an instruction
-even when it is repeated in the turn.
+Step 2's "latest model" must follow an instruction it has just been given; ours follows it only part of the
+time, so `build_gatt_data` samples several answers per turn and keeps only samples whose learned answer the
+toy world's adherence checker passes (a rejection step). `recall_by_turn` measures constraint recall turn by
+turn with `toyworld.adherence` (Table 30); `gatt_attention.attention_to_system` gives the Figure 10 picture;
+`llama_course.experiments.gatt` runs the chapter's measurement (`llama-course gatt`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import datasets
 import torch
 
-from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, export_model, load_base_model
-from llama_course.alignment.sft_data import encode_conversation
+from llama_course.alignment.sft import SFTConfig
+from llama_course.alignment.sft_data import encode_conversation, encode_conversations
 from llama_course.chat import Message, encode_dialog
 from llama_course.data import pack_token_lists
 from llama_course.generation import generate
 from llama_course.model import Llama
-from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld.dialogues import adherence, generate_dialogues
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
@@ -97,6 +90,9 @@ def answer_dialogues(
     max_new_tokens: int = 48,
     temperature: float = 0.0,
     seed: int = 0,
+    samples_per_turn: int = 1,
+    judge: Callable[[str, str], float] | None = None,
+    batch_size: int = 256,
 ) -> list[Dialogue]:
     """Let the model answer every user turn of each dialogue, turn by turn, its own answers kept in context.
 
@@ -104,7 +100,14 @@ def answer_dialogues(
     With `instruction_in_every_turn` the model is asked with the instruction repeated in every user turn
     (GAtt step 2), and the returned dialogues keep it there. A dialogue stops at the last turn whose prompt
     plus `max_new_tokens` fits the model's context: the result may have fewer turns than asked.
+
+    With a `judge` (`judge(system, answer)` in [0, 1], e.g. the toy world's `adherence`), each turn draws
+    `samples_per_turn` answers at `temperature` and keeps the one the judge scores highest (the first of
+    ties): best-of-N by the checker. Generation runs `batch_size` sequences at a time.
     """
+    if samples_per_turn < 1 or (samples_per_turn > 1 and (judge is None or temperature == 0)):
+        raise ValueError(f"samples_per_turn={samples_per_turn} needs to be 1, or more with a judge and a "
+                         f"temperature above 0 (temperature={temperature}) to choose among different samples")
     users = [[m["content"] for m in d if m["role"] == "user"] for d in dialogues]
     done: list[Dialogue] = [[dict(d[0])] for d in dialogues]
     for d in dialogues:
@@ -125,12 +128,20 @@ def answer_dialogues(
                 asking.append((index, prompt, ids))
         if not asking:
             break
+        requests = [ids for _, _, ids in asking for _ in range(samples_per_turn)]
+        outputs = []
         with torch.no_grad():
-            outputs = generate(model, [ids for _, _, ids in asking], max_new_tokens, temperature=temperature,
-                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed + turn)
-        for (index, prompt, _), output in zip(asking, outputs, strict=True):
-            answer = tokenizer.decode(output).strip() or "..."  # an empty answer would not pass validate_dialog
-            done[index] = [*prompt, {"role": "assistant", "content": answer}]
+            for start in range(0, len(requests), batch_size):
+                outputs += generate(model, requests[start: start + batch_size], max_new_tokens,
+                                    temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                    seed=seed + 1000 * turn + start)
+        for position, (index, prompt, _) in enumerate(asking):
+            candidates = outputs[position * samples_per_turn: (position + 1) * samples_per_turn]
+            # An empty answer would not pass validate_dialog.
+            answers = [tokenizer.decode(output).strip() or "..." for output in candidates]
+            if judge is not None:
+                answers.sort(key=lambda answer: -judge(prompt[0]["content"], answer))  # stable: first of ties
+            done[index] = [*prompt, {"role": "assistant", "content": answers[0]}]
         active = [index for index, _, _ in asking]
     return done
 
@@ -163,7 +174,7 @@ def gatt_samples(sampled: Sequence[Sequence[Message]], turns: tuple[int, int | N
     return samples
 
 
-ANSWER_SOURCES = ("model", "reference")
+ANSWER_SOURCES = ("rejection", "model", "reference")
 
 
 def build_gatt_data(
@@ -174,26 +185,36 @@ def build_gatt_data(
     seed: int = 0,
     n_turns: int | tuple[int, int] = (2, 10),
     turns: tuple[int, int | None] = (2, None),
-    answers: str = "model",
+    answers: str = "rejection",
+    samples_per_turn: int = 8,
     max_new_tokens: int = 48,
-    temperature: float = 0.0,
+    temperature: float = 1.0,
 ) -> datasets.Dataset:
     """The GAtt dataset: toy-world dialogues under sampled constraints, answered with the instruction in every
     turn, then turned into last-turn samples (`gatt_samples`). Columns `messages` and `turn` (k).
 
-    `answers="model"` samples them with `model` (the paper's step 2); `answers="reference"` takes the toy
-    world's reference answers, which follow every constraint: a stand-in for a latest model that obeys an
-    instruction it is given in the same turn, for when `model` cannot (our 1M-parameter SFT model cannot).
+    `answers="rejection"` samples `samples_per_turn` answers per turn from `model` at `temperature`, keeps the
+    one the toy world's `adherence` scores highest in the dialogue (`answer_dialogues`), and then keeps a sample
+    only when its learned, last answer scores 1: the paper's step 2, with the checker's rejection step standing
+    in for a latest model that reliably follows an instruction given in the same turn (earlier answers are
+    context, as the model's own answers will be). `answers="model"` takes `model`'s greedy answers as they are,
+    followed or not; `answers="reference"` takes the toy world's reference answers, which follow every
+    constraint.
     """
     if answers not in ANSWER_SOURCES:
         raise ValueError(f"answers={answers!r} is unknown; choose one of {ANSWER_SOURCES}")
     dialogues = generate_dialogues(n_dialogues, seed=seed, n_turns=n_turns)["messages"]
-    if answers == "model":
-        sampled = answer_dialogues(model, tokenizer, dialogues, instruction_in_every_turn=True,
-                                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    else:
+    if answers == "reference":
         sampled = [with_instruction_in_every_turn(d) for d in dialogues]
+    else:
+        rejection = answers == "rejection"
+        sampled = answer_dialogues(model, tokenizer, dialogues, instruction_in_every_turn=True,
+                                   max_new_tokens=max_new_tokens, temperature=temperature if rejection else 0.0,
+                                   seed=seed, samples_per_turn=samples_per_turn if rejection else 1,
+                                   judge=adherence if rejection else None)
     samples = gatt_samples(sampled, turns)
+    if answers == "rejection":
+        samples = [s for s in samples if adherence(s[0]["content"], s[-1]["content"]) == 1.0]
     return datasets.Dataset.from_dict({"messages": samples, "turn": [(len(s) - 1) // 2 for s in samples]})
 
 
@@ -213,6 +234,22 @@ def gatt_blocks(tokenizer: Tokenizer, samples: datasets.Dataset, block_size: int
     return datasets.Dataset.from_dict(blocks)
 
 
+def mix_blocks(tokenizer: Tokenizer, conversations: datasets.Dataset, block_size: int) -> datasets.Dataset:
+    """Conversations (rows of `messages`, e.g. SFT data) packed end to end into blocks with the SFT loss (answers
+    only), as `alignment.sft` packs them; the stream is padded to whole blocks, so none is dropped."""
+    encoded = encode_conversations(tokenizer, conversations, max_tokens=block_size)
+    documents, masks = list(encoded["input_ids"]), list(encoded["loss_mask"])
+    padding = (1 - sum(map(len, documents))) % block_size  # a block reads one token past its end
+    packed = pack_token_lists([*documents, [tokenizer.pad_id] * padding], block_size, [*masks, [0] * padding])
+    return datasets.Dataset.from_dict(packed)
+
+
+def adherence_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[list[float]]:
+    """`adherence(system, answer)` of every answer of each dialogue, in turn order: one list per dialogue."""
+    return [[adherence(_check_system_first(messages), m["content"]) for m in messages[1:] if m["role"] == "assistant"]
+            for messages in dialogues]
+
+
 def recall_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[float]:
     """Constraint recall at each turn: the mean over dialogues of `adherence(system, answer)` (Table 30).
 
@@ -220,14 +257,12 @@ def recall_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[float]:
     """
     totals: list[float] = []
     counts: list[int] = []
-    for messages in dialogues:
-        system = _check_system_first(messages)
-        answers = [m["content"] for m in messages[1:] if m["role"] == "assistant"]
-        for turn, answer in enumerate(answers):
+    for scores in adherence_by_turn(dialogues):
+        for turn, score in enumerate(scores):
             if turn == len(totals):
                 totals.append(0.0)
                 counts.append(0)
-            totals[turn] += adherence(system, answer)
+            totals[turn] += score
             counts[turn] += 1
     return [total / count for total, count in zip(totals, counts, strict=True)]
 
@@ -237,25 +272,13 @@ def evaluation_dialogues(n: int, n_turns: int, seed: int = 1234) -> list[Dialogu
     return [list(d) for d in generate_dialogues(n, seed=seed, n_turns=n_turns)["messages"]]
 
 
-def measure_recall(
+def measure_adherence(
     model: Llama, tokenizer: Tokenizer, n: int = 64, n_turns: int = 12, seed: int = 1234, max_new_tokens: int = 48
-) -> tuple[list[float], list[Dialogue]]:
-    """Recall by turn of `model` answering `n` held-out dialogues (instruction in the system message only)."""
+) -> tuple[list[list[float]], list[Dialogue]]:
+    """`adherence_by_turn` of `model` answering `n` held-out dialogues greedily (instruction in the system message
+    only), and the answered dialogues."""
     answered = answer_dialogues(model, tokenizer, evaluation_dialogues(n, n_turns, seed), max_new_tokens=max_new_tokens)
-    return recall_by_turn(answered), answered
-
-
-
-SHIPPED_RESULTS = ASSETS_DIR / "gatt_results.json"
-
-
-def load_gatt_results(path: str | Path = SHIPPED_RESULTS) -> dict:
-    """The measurements of a `llama-course gatt --results FILE` run (the shipped one by default)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no GAtt results at {str(path)!r}: run `llama-course gatt "
-                                f"--control --results {path}`")
-    return json.loads(path.read_text())
+    return adherence_by_turn(answered), answered
 
 
 def finetune_gatt(
@@ -266,13 +289,17 @@ def finetune_gatt(
     *,
     epochs: float = 1.0,
     trainer: TrainerConfig | None = None,
+    mix: datasets.Dataset | None = None,
 ) -> TrainingResult:
     """Fine-tune `model` in place on GAtt samples with the SFT machinery (trainer, AdamW, cosine, clipping).
 
-    Defaults are SFT's (`llama_course.alignment.sft`): peak lr 1e-3 without warm-up, weight decay 0.1, 16
-    blocks per step; blocks span the model's context so no sample is cut.
+    `mix` (rows of `messages`, e.g. the SFT data) is packed into blocks of the same length with the SFT loss and
+    trained alongside, shuffled in. Defaults are SFT's (`llama_course.alignment.sft`): peak lr 1e-3 without
+    warm-up, weight decay 0.1, 16 blocks per step; blocks span the model's context so no sample is cut.
     """
     blocks = gatt_blocks(tokenizer, samples, model.config.max_seq_len)
+    if mix is not None and len(mix):
+        blocks = datasets.concatenate_datasets([blocks, mix_blocks(tokenizer, mix, model.config.max_seq_len)])
     config = trainer or SFTConfig().trainer
     steps = max(1, math.ceil(epochs * len(blocks) / (config.micro_batch_size * config.grad_accum_steps)))
     config = dataclasses.replace(config, steps=steps, warmup_steps=min(config.warmup_steps, steps))
@@ -281,74 +308,3 @@ def finetune_gatt(
     result = fit.fit()
     fit.raw_model.cpu().eval()
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course gatt` flags."""
-    parser.add_argument("--base", default="sft", help=f"model to start from (see load_base_model), or {RANDOM_BASE}")
-    parser.add_argument("--output-dir", default="runs/gatt", help="run directory (one sub-folder per variant)")
-    parser.add_argument("--dialogues", type=int, default=160, help="sampled dialogues for the training data")
-    parser.add_argument("--answers", choices=ANSWER_SOURCES, default="model",
-                        help="who answers the training dialogues: the base model (paper) or the toy world's reference")
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the GAtt blocks")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--batch-size", type=int, default=16, help="blocks per step")
-    parser.add_argument("--eval-dialogues", type=int, default=24, help="held-out dialogues for recall by turn")
-    parser.add_argument("--eval-turns", type=int, default=10, help="user turns of each held-out dialogue")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length limit when sampling")
-    parser.add_argument("--control", action="store_true",
-                        help="also train the no-GAtt control: same answers, first turns only (k = 1), as many steps")
-    parser.add_argument("--results", type=Path, help="write recall by turn (base, control, gatt) as JSON here")
-    parser.add_argument("--export", type=Path, metavar="FOLDER", help="write the GAtt model into FOLDER (weights, "
-                        "config.json whose card holds its training and recall by turn)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed")
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run `llama-course gatt`: build the data, fine-tune (GAtt, optionally the control), measure recall."""
-    import time
-
-    from llama_course.alignment.gatt_attention import attention_to_system, fit_to_context, mean_attention_by_turn
-
-    trainer = dataclasses.replace(SFTConfig().trainer, lr=args.lr, micro_batch_size=args.batch_size,
-                                  progress=False, resume=False, seed=args.seed)
-    base, tokenizer = load_base_model(args.base)
-    variants = {"gatt": (2, None)} | ({"control": (1, 1)} if args.control else {})
-    results: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                                if k not in ("handlers", "command")}}
-
-    def measure(name: str, model: Llama) -> None:
-        start = time.time()
-        recall, answered = measure_recall(model, tokenizer, args.eval_dialogues, args.eval_turns,
-                                          max_new_tokens=args.max_new_tokens)
-        references = [fit_to_context(tokenizer, d, model.config.max_seq_len)
-                      for d in evaluation_dialogues(args.eval_dialogues, args.eval_turns)]
-        by_turn, by_turn_layer = mean_attention_by_turn(model, tokenizer, references)
-        picture = attention_to_system(model, tokenizer, references[0])
-        results[name] = {"recall_by_turn": recall, "sample_dialogue": answered[0],
-                         "attention_by_turn": by_turn, "attention_by_turn_layer": by_turn_layer,
-                         "attention_per_token": picture.per_token.tolist(),
-                         "answer_mask": picture.answer_mask.tolist(), "reference_dialogue": references[0]}
-        print(f"{name}: recall by turn {[round(r, 2) for r in recall]} ({time.time() - start:.0f} s)")
-
-    measure("base", base)
-    data = build_gatt_data(base, tokenizer, args.dialogues, seed=args.seed, n_turns=(2, 8), turns=(1, None),
-                           answers=args.answers, max_new_tokens=args.max_new_tokens)
-    n_gatt = sum(row >= 2 for row in data["turn"])
-    for name, (low, high) in variants.items():
-        model, _ = load_base_model(args.base)
-        samples = data.filter(lambda row, low=low, high=high: low <= row["turn"] <= (high or row["turn"]))
-        start = time.time()
-        # The control gets as many optimizer steps as GAtt: more epochs over its fewer samples.
-        epochs = args.epochs * n_gatt / len(samples)
-        result = finetune_gatt(model, tokenizer, samples, Path(args.output_dir) / name, epochs=epochs,
-                               trainer=trainer)
-        print(f"{name}: {len(samples)} samples, {result.step} steps, last loss {result.losses[-1]:.3f} "
-              f"({time.time() - start:.0f} s)")
-        results[name + "_training"] = {"samples": len(samples), "steps": result.step, "losses": result.losses}
-        measure(name, model)
-        if name == "gatt" and args.export is not None:
-            export_model(model, args.export, {"gatt_config": results["config"], "training": results["gatt_training"],
-                                              "recall_by_turn": results["gatt"]["recall_by_turn"]})
-    if args.results is not None:
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
