@@ -141,3 +141,11 @@ def test_a_fork_changes_only_config_yml(tmp_path: Path):
     config.write_text("repository:\n  url: https://gitlab.com/someone/fork\n  branch: main\n")
     with pytest.raises(ValueError, match="must be https://github.com/OWNER/NAME"):
         repository(config)
+
+
+@pytest.mark.parametrize("exercise", sorted((ROOT / "exercises").glob("[0-9][0-9]_*.md")), ids=lambda p: p.stem)
+def test_exercise_pages_fit_the_column(exercise: Path):
+    """The book renders each student notebook as a page: its code fits the column as a chapter's does."""
+    for cell in jupytext.read(exercise).cells:
+        wide = [line for line in cell.source.splitlines() if cell.cell_type == "code" and len(line) > COLUMN]
+        assert not wide, f"{exercise.name}: lines wider than the book's column ({COLUMN} characters): {wide}"
