@@ -5,8 +5,8 @@ extra (on Linux without a GPU, the CPU build of PyTorch first) and open the chap
 chapters/`. This test runs those very lines in bash, in order, with two stand-ins: `git clone` fetches a local
 bare repository holding this checkout instead of the course's address, and where download.pytorch.org cannot
 be reached (a machine without internet) the CPU-torch line installs this environment's torch from the
-configured package index instead. `jupyter lab chapters/` (on a free port, with no browser to open) must start
-a server that answers with JupyterLab.
+configured package index instead. `jupyter lab chapters/` (on a free port, with no browser to open, and with
+`--allow-root` when the test runs as root) must start a server that answers with JupyterLab.
 Takes a few minutes (pip installs every dependency, from its cache when it can).
 """
 
@@ -85,7 +85,9 @@ def test_setup_commands_work_as_written_on_a_fresh_environment(tmp_path: Path):
     with socket.socket() as probe:  # a free port: 8888 may be taken on a shared machine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && exec {lab} --port {port}"],
+    # Jupyter refuses to run as root (CI's container, this sandbox) unless told: a reader's account is not root
+    as_root = " --allow-root" if os.geteuid() == 0 else ""
+    server = subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && exec {lab} --port {port}{as_root}"],
                               cwd=tmp_path / "llama-course", env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -97,6 +99,7 @@ def test_setup_commands_work_as_written_on_a_fresh_environment(tmp_path: Path):
                     assert page.status == 200 and b"JupyterLab" in page.read()
                 break
         else:
+            log += server.stdout.readlines() if server.poll() is not None else []
             pytest.fail(f"`{lab}` did not start a server:\n{''.join(log)[-3000:]}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
