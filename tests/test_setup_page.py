@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,8 +96,7 @@ def test_setup_commands_work_as_written_on_a_fresh_environment(tmp_path: Path):
         while time.monotonic() < deadline and server.poll() is None:
             log.append(server.stdout.readline())
             if match := re.search(r"(http://(?:localhost|127\.0\.0\.1):\d+/lab\?token=\w+)", log[-1]):
-                with urllib.request.urlopen(match.group(1), timeout=30) as page:
-                    assert page.status == 200 and b"JupyterLab" in page.read()
+                assert b"JupyterLab" in first_page(match.group(1), deadline), "".join(log)[-3000:]
                 break
         else:
             log += server.stdout.readlines() if server.poll() is not None else []
@@ -104,6 +104,19 @@ def test_setup_commands_work_as_written_on_a_fresh_environment(tmp_path: Path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def first_page(url: str, deadline: float) -> bytes:
+    """The page at `url`, asked again while the server that printed it is not yet answering (a busy machine)."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as page:
+                assert page.status == 200, page.status
+                return page.read()
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def test_the_ci_workflow_runs_ci_run_and_publishes_the_book_it_built():

@@ -94,7 +94,11 @@ def bootstrap_mean(values: np.ndarray | Sequence, *, denominator: np.ndarray | S
     seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))[:, :, None]  # (R, S, 1)
     prompts = rng.integers(0, n_prompts, size=(resamples, n_seeds, n_prompts))  # (R, S, P)
     means = [a[seeds, prompts].mean(axis=(1, 2)) for a in arrays]
-    statistic = means[0] if denominator is None else means[0] / means[1]
+    if denominator is not None and not arrays[1].mean():
+        raise ValueError("the denominator's mean is 0: the ratio of means is undefined")
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample may draw only zeros below: it is left out
+        statistic = means[0] if denominator is None else means[0] / means[1]
+    statistic = statistic[np.isfinite(statistic)]
     observed = arrays[0].mean() if denominator is None else arrays[0].mean() / arrays[1].mean()
     tail = (1 - confidence) / 2
     low, high = np.quantile(statistic, [tail, 1 - tail])

@@ -67,7 +67,8 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
             "false_refusal_change": interval(stacked(k, "refuses", "borderline")
                                              - stacked(0, "refuses", "borderline")),
             "best_of_n": {"n1": float(n1.mean()), "oracle": float(oracle.mean()), "picked": float(picked.mean()),
-                          "captured": interval(picked - n1, denominator=oracle - n1)},
+                          # undefined when no prompt's samples differ in truth (nothing to capture)
+                          "captured": interval(picked - n1, denominator=oracle - n1) if (oracle > n1).any() else None},
             "rm_accuracy_new_pairs": ({c: {when: _ragged(reports, seeds, k, c, when) for when in ("before", "after")}
                                        for c in CRITERIA} if k else None),
         })
@@ -79,6 +80,8 @@ def _ragged(reports: dict[int, list[dict[str, Any]]], seeds: list[int], k: int, 
     """RM accuracy on the new pairs over seeds whose pair counts differ: each seed's list cut to the shortest."""
     rows = [reports[s][k]["rm_accuracy_new_pairs"][criterion][when] for s in seeds]
     width = min(len(row) for row in rows)
+    if width == 0:  # no new pair differed in truth: the accuracy is undefined
+        return {"rate": None, "low": None, "high": None, "pairs": 0}
     return bootstrap_mean(np.asarray([row[:width] for row in rows])).as_dict() | {"pairs": width}
 
 
