@@ -213,11 +213,13 @@ GATT_RESULTS_FILE = "gatt_results.json"
 
 
 def gatt_recipe() -> dict[str, Any]:
-    """The settings of chapter 14's shipped run (`assets/gatt_results.json`), less where it wrote; one seed."""
-    from llama_course.experiments.gatt import load_gatt_results
+    """The settings of chapter 14's shipped run (`GAttConfig`'s defaults are that run's), less where it wrote; one
+    seed."""
+    from llama_course.experiments.gatt import GAttConfig
 
-    shipped = load_gatt_results()["config"]
-    return {key: shipped[key] for key in (*GATT_FLAGS, "base")}
+    recipe = GAttConfig().to_dict()
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in recipe.items() if key in (*GATT_FLAGS, "base")}
 
 
 def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
