@@ -25,7 +25,7 @@ def _mathjax_static() -> Path | None:
 
 def _use_local_mathjax(app: Sphinx, config: Config) -> None:
     if _mathjax_static() is not None:
-        config.mathjax_path = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+        config.mathjax_path = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 
 
 def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
