@@ -277,10 +277,10 @@ def test_experiment_runs_small_and_resumes_from_its_measurements(tmp_path, monke
         assert len(results[name]["recall_by_turn"]) == 3
     assert len(results["gatt"]["adherence_by_seed"][0]) == 2 and len(results["gatt"]["helpfulness_by_seed"][0]) == 3
     assert (tmp_path / "seed-0" / "gatt" / "model" / "model.safetensors").is_file()
-    # the control learns the first turns, repeated to as many samples as GAtt's k >= 2 samples, for as many steps
+    # GAtt learns every prefix (k >= 1); the control the first turns, repeated to as many samples, as many steps
     training = {name: results[name]["training_by_seed"][0] for name in ("gatt", "control")}
     assert training["gatt"]["samples"] == training["control"]["samples"] == sum(
-        n - 1 for n in generate_dialogues(2, seed=0, n_turns=(2, 3))["n_turns"])
+        generate_dialogues(2, seed=0, n_turns=(2, 3))["n_turns"])
     assert training["gatt"]["steps"] == training["control"]["steps"]
 
     def no_training(*args, **kwargs):

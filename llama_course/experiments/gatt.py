@@ -4,8 +4,9 @@ For each seed, `run_seed` builds GAtt data from the SFT model (answers sampled w
 turn and kept only when the toy world's adherence checker says they follow it, `alignment.gatt`), fine-tunes
 two models for the same number of steps, and measures each:
 
-- GAtt: the last-turn samples of every depth k >= 2 (the instruction in the first turn only, the loss on the
-  k-th answer);
+- GAtt: the last-turn samples of every depth k >= 1 (the instruction in the first turn only, the loss on the
+  k-th answer). The paper's latest model already obeys an instruction in the turn it is given; our SFT model
+  does not, so GAtt's data also teaches the first turn (k = 1), as it comes;
 - the control: the same dialogues' first turns only (k = 1, the instruction right before the answer), repeated
   to as many samples as GAtt's: the same answers placed the ordinary SFT way;
 - both with the same replay of the SFT model's own training mix (`sft_mix` conversations), which limits what
@@ -59,13 +60,13 @@ class GAttConfig:
     """One GAtt experiment (the defaults are the shipped run's)."""
 
     base: str = "sft"  # the model GAtt starts from (see alignment.sft.load_base_model)
-    dialogues: int = 200  # training dialogues per seed, before rejection
+    dialogues: int = 400  # training dialogues per seed, before rejection
     train_turns: tuple[int, int] = (2, 10)  # user turns of each training dialogue (inclusive range)
     answers: str = "rejection"  # "rejection", "model" or "reference" (alignment.gatt.build_gatt_data)
     samples_per_turn: int = 8  # answers drawn per turn for the rejection step
     temperature: float = 1.0  # of those samples
-    sft_mix: int = 600  # conversations of the SFT mix replayed with both fine-tunings (0: none)
-    epochs: float = 1.0  # passes over GAtt's blocks (samples and mix); the control gets as many steps
+    sft_mix: int = 1500  # conversations of the SFT mix replayed with both fine-tunings (0: none)
+    epochs: float = 3.0  # passes over GAtt's blocks (samples and mix); the control gets as many steps
     lr: float = 1e-3
     batch_size: int = 16
     eval_dialogues: int = 100  # held-out dialogues for recall
@@ -89,15 +90,22 @@ class GAttConfig:
         return dataclasses.asdict(self)
 
 
-def _cached(path: Path, config: GAttConfig, compute: Any) -> dict[str, Any]:
-    """`compute()`'s JSON, written to `path`; read back instead when `path` holds it for the same config."""
+# The settings each cached file depends on: the sampled data, the measurements of the base model.
+DATA_FIELDS = ("base", "dialogues", "train_turns", "answers", "samples_per_turn", "temperature", "max_new_tokens")
+EVAL_FIELDS = ("base", "eval_dialogues", "eval_turns", "eval_tasks", "attention_dialogues", "max_new_tokens")
+
+
+def _cached(path: Path, key: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """`compute()`'s JSON, written to `path`; read back instead when `path` holds it for the same `key` (the
+    settings it depends on)."""
+    key = json.loads(json.dumps(key))
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored["config"] == json.loads(json.dumps(config.to_dict())):
+        if stored["config"] == key:
             return stored["value"]
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": config.to_dict(), "value": value}) + "\n")
+    path.write_text(json.dumps({"config": key, "value": value}) + "\n")
     return value
 
 
@@ -139,14 +147,13 @@ def measure(model: Llama, tokenizer: Tokenizer, config: GAttConfig, tasks: datas
 
 
 def _training_sets(messages: list[Any], turns: list[int]) -> dict[str, datasets.Dataset]:
-    """GAtt's samples (k >= 2) and the control's (k = 1, repeated to as many rows as GAtt's)."""
-    gatt = [m for m, k in zip(messages, turns, strict=True) if k >= 2]
+    """GAtt's samples (every k >= 1) and the control's (k = 1 only, repeated to as many rows as GAtt's)."""
     first = [m for m, k in zip(messages, turns, strict=True) if k == 1]
-    if not gatt or not first:
-        raise ValueError(f"the GAtt data has {len(gatt)} samples of turn >= 2 and {len(first)} of turn 1; both "
-                         "need some: raise dialogues or samples_per_turn")
-    control = [first[i % len(first)] for i in range(len(gatt))]
-    return {"gatt": datasets.Dataset.from_dict({"messages": gatt}),
+    if not first or len(first) == len(messages):
+        raise ValueError(f"the GAtt data has {len(messages)} samples, {len(first)} of them of turn 1; it needs "
+                         "samples of turn 1 and of later turns: raise dialogues or samples_per_turn")
+    control = [first[i % len(first)] for i in range(len(messages))]
+    return {"gatt": datasets.Dataset.from_dict({"messages": messages}),
             "control": datasets.Dataset.from_dict({"messages": control})}
 
 
@@ -166,7 +173,7 @@ def run_seed(config: GAttConfig, seed: int, output_dir: str | Path, *, base: Lla
                                max_new_tokens=config.max_new_tokens, temperature=config.temperature)
         return {"messages": list(data["messages"]), "turn": list(data["turn"])}
 
-    data = _cached(folder / "data.json", config, sample)
+    data = _cached(folder / "data.json", {f: getattr(config, f) for f in DATA_FIELDS}, sample)
     turns = np.bincount(data["turn"], minlength=2).tolist()
     log(f"seed {seed}: {len(data['turn'])} samples kept from {config.dialogues} dialogues, by turn {turns[1:]}")
     mix = sft_mix(config.sft_mix) if config.sft_mix else None
@@ -185,14 +192,14 @@ def run_seed(config: GAttConfig, seed: int, output_dir: str | Path, *, base: Lla
             return {"training": {"samples": len(samples), "steps": result.step, "losses": result.losses},
                     **measure(model, tokenizer, config, tasks, attention=seed == 0)}
 
-        results[name] = _cached(folder / name / MEASUREMENT_FILE, config, train_and_measure)
+        results[name] = _cached(folder / name / MEASUREMENT_FILE, config.to_dict(), train_and_measure)
     return results
 
 
 def measure_base(config: GAttConfig, output_dir: str | Path, *, base: Llama, tokenizer: Tokenizer,
                  tasks: datasets.Dataset) -> dict[str, Any]:
     """`measure` of the model GAtt starts from, cached under `output_dir/base/`."""
-    return _cached(Path(output_dir) / "base" / MEASUREMENT_FILE, config,
+    return _cached(Path(output_dir) / "base" / MEASUREMENT_FILE, {f: getattr(config, f) for f in EVAL_FIELDS},
                    lambda: measure(base, tokenizer, config, tasks))
 
 
