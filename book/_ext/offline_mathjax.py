@@ -26,6 +26,15 @@ def _mathjax_static() -> Path | None:
 def _use_local_mathjax(app: Sphinx, config: Config) -> None:
     if _mathjax_static() is not None:
         config.mathjax_path = f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+        # tex2jax: Sphinx's own MathJax 2 defaults (math in the elements of class "math", inside an ignored
+        # document); fonts: the distribution carries STIX-Web only (as Jupyter configures it), else every page
+        # asks for the TeX fonts and logs a 404
+        config.mathjax2_config = {
+            "tex2jax": {"inlineMath": [["$", "$"], ["\\(", "\\)"]], "processEscapes": True,
+                        "ignoreClass": "document", "processClass": "math|output_area"},
+            "HTML-CSS": {"availableFonts": [], "webFont": "STIX-Web", "imageFont": None, "preferredFont": None},
+            "SVG": {"font": "STIX-Web"},
+        }
 
 
 def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
