@@ -10,9 +10,10 @@ helpfulness differs is a test pair. Judges, each scored by the share of test pai
   `llama_course/assets/configs/sft-small.toml` (4.95M), and the 1M base fine-tuned on 4x the task data;
 - the log-likelihood of the answer under a model (no training): the SFT model and the 4x-data model.
 
-    python scripts/judge_probe.py --out runs/judge_probe.json [--more-data-sft FOLDER] [--small-sft FOLDER]
+    python scripts/judge_probe.py --out runs/judge_probe.json [--rm NAME=FOLDER ...] [--loglik NAME=FOLDER ...]
 
-(about 15 minutes on 2 CPU cores once both folders exist; see the closing note of issue 21 for their commands).
+(about 15 minutes on 2 CPU cores once the folders exist; the configs under llama_course/assets/configs/ name the
+commands that make them). The policy's samples are drawn once and cached (`--cache`).
 """
 
 import argparse
@@ -89,25 +90,50 @@ def measure(score, test_pairs, prompts, samples):
                           "captured": float((picked - n1) / (oracle - n1))}}
 
 
+def named_folders(values: list[str]) -> dict[str, str]:
+    """`NAME=FOLDER` pairs from the command line."""
+    pairs = dict(value.split("=", 1) for value in values if "=" in value)
+    if len(pairs) != len(values):
+        raise SystemExit(f"expected NAME=FOLDER, got {values}")
+    return pairs
+
+
+def cached_samples(policy, tokenizer, cache: Path) -> dict:
+    """The test and training samples of the SFT policy, drawn once and kept in `cache` (a JSON of strings)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    drawn = {"test": sampled(policy, tokenizer, 300, 4242), "train": sampled(policy, tokenizer, 1500, 777)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(drawn))
+    return drawn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--small-sft", default="runs/sft-small-model")
-    parser.add_argument("--more-data-sft", default="runs/sft-tiny-more-model")
+    parser.add_argument("--rm", nargs="*", default=["sft=sft", "small sft=runs/sft-small-model",
+                                                     "4x-data sft=runs/sft-tiny-more-model"],
+                        help="NAME=FOLDER: train an RM from this backbone on the on-policy pairs")
+    parser.add_argument("--loglik", nargs="*", default=["sft=sft", "4x-data sft=runs/sft-tiny-more-model"],
+                        help="NAME=FOLDER: judge by the answer's log-likelihood under this model")
+    parser.add_argument("--rm-lr", type=float, default=5e-4)
+    parser.add_argument("--rm-epochs", type=float, default=2.0)
+    parser.add_argument("--cache", type=Path, default=Path("runs/judge-probe-samples.json"))
     args = parser.parse_args()
     policy, tokenizer = load_base_model("sft")
-    test_prompts, test_families, test_samples = sampled(policy, tokenizer, 300, 4242)
+    drawn = cached_samples(policy, tokenizer, args.cache)
+    test_prompts, test_families, test_samples = drawn["test"]
     test_pairs = pairs_of(test_prompts, test_families, test_samples)
-    train = datasets.Dataset.from_list([{c: r[c] for c in COLUMNS}
-                                        for r in pairs_of(*sampled(policy, tokenizer, 1500, 777))])
+    train = datasets.Dataset.from_list([{c: r[c] for c in COLUMNS} for r in pairs_of(*drawn["train"])])
     held_out = datasets.Dataset.from_list([{c: r[c] for c in COLUMNS} for r in test_pairs[:50]])
     judges = {"shipped RM (off-policy pairs)": reward_model_scorer(load_reward_model("helpfulness")[0], tokenizer)}
-    for name, backbone in (("sft", "sft"), ("small sft", args.small_sft), ("4x-data sft", args.more_data_sft)):
-        config = RewardConfig(base=backbone, epochs=2.0, output_dir=f"runs/judge-probe-rm-{name.replace(' ', '-')}")
+    for name, backbone in named_folders(args.rm).items():
+        config = RewardConfig(base=backbone, epochs=args.rm_epochs, lr=args.rm_lr,
+                              output_dir=f"runs/judge-probe-rm-{name.replace(' ', '-')}")
         rm, _, _ = train_reward_model(config, (train, held_out))
         judges[f"RM on {len(train)} on-policy pairs from {name}"] = reward_model_scorer(rm, tokenizer)
-    for name, model in (("sft", policy), ("4x-data sft", load_base_model(args.more_data_sft)[0])):
-        judges[f"log-likelihood under {name}"] = loglik_scorer(model.eval(), tokenizer)
+    for name, folder in named_folders(args.loglik).items():
+        judges[f"log-likelihood under {name}"] = loglik_scorer(load_base_model(folder)[0].eval(), tokenizer)
     results = {name: measure(score, test_pairs, test_prompts, test_samples) for name, score in judges.items()}
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, result in results.items():
