@@ -44,6 +44,8 @@ SUBCOMMAND_MODULES = [
      "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
     ("rlhf", "llama_course.commands.rlhf",
      "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),
+    ("safety", "llama_course.commands.safety",
+     "safety data scaling: violations on unsafe and false refusals on borderline requests vs the safety share"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
     ("reproduce", "llama_course.reproduce",
