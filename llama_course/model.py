@@ -6,7 +6,12 @@ names follow Meta's reference checkpoints, so their state dicts load without ren
 
 Initialisation (not stated in the papers): every weight matrix ~ N(0, 0.02^2), and the projections that
 write into the residual stream (wo, w2) ~ N(0, (0.02 / sqrt(2 * n_layers))^2) so the residual stream's
-variance does not grow with depth (GPT-2's scheme); RMSNorm gains start at 1.
+variance does not grow with depth (GPT-2's scheme); norm gains start at 1 (LayerNorm biases at 0).
+
+The config's architecture fields build the alternatives Llama chose against (chapters 2-4's ablations):
+LayerNorm, post-norm blocks `h = norm(x + attention(x))` with no final norm, a GELU / ReLU FFN, learned
+absolute positions added to the token embedding (`pos_embeddings`) or no positions at all, and RoPE with
+interpolated positions. At Llama's choices the model is exactly the one described above.
 """
 
 import dataclasses
@@ -21,9 +26,9 @@ from llama_course.layers.attention import Attention, causal_mask
 from llama_course.layers.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from llama_course.layers.kv_cache import KVCache
 from llama_course.layers.output_head import OutputHead
-from llama_course.layers.rmsnorm import RMSNorm
+from llama_course.layers.rmsnorm import make_norm
 from llama_course.layers.rope import rope_angles
-from llama_course.layers.swiglu import FeedForward
+from llama_course.layers.swiglu import make_feed_forward
 
 __all__ = ["IGNORE_INDEX", "CausalLMOutput", "Llama", "TransformerBlock"]
 
@@ -36,22 +41,28 @@ class CausalLMOutput(NamedTuple):
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.post_norm = config.norm_placement == "post"
+        self.attention_norm = make_norm(config.norm_type, config.dim, config.norm_eps)
         self.attention = Attention(config.dim, config.n_heads, config.n_kv_heads, config.attention_backend)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = FeedForward(config.dim, config.hidden_dim)
+        self.ffn_norm = make_norm(config.norm_type, config.dim, config.norm_eps)
+        self.feed_forward = make_feed_forward(config.ffn_activation, config.dim, config.hidden_dim)
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         *,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer_idx: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.post_norm:  # Vaswani et al.: normalise the residual stream after each sub-layer
+            attended, weights = self.attention(x, cos, sin, mask=mask, cache=cache, layer_idx=layer_idx,
+                                               need_weights=need_weights)
+            h = self.attention_norm(x + attended)
+            return self.ffn_norm(h + self.feed_forward(h)), weights
         attended, weights = self.attention(
             self.attention_norm(x), cos, sin, mask=mask, cache=cache, layer_idx=layer_idx, need_weights=need_weights
         )
@@ -64,8 +75,12 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        if config.position_encoding == "learned":
+            self.pos_embeddings = nn.Embedding(config.max_seq_len, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        # A post-norm stream leaves the last block normalised already.
+        self.norm = make_norm(config.norm_type, config.dim, config.norm_eps) if config.norm_placement == "pre" \
+            else nn.Identity()
         self.output = OutputHead(config.dim, config.vocab_size)
         self.reset_parameters()
 
@@ -76,6 +91,8 @@ class Llama(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
+            elif name.endswith("norm.bias"):
+                param.zero_()
             elif name.endswith(("wo.weight", "w2.weight")):
                 param.normal_(0.0, residual_std)
             else:
@@ -108,8 +125,8 @@ class Llama(nn.Module):
     ) -> CausalLMOutput:
         """Logits, or with `targets` the loss, for a batch of token ids (B, T).
 
-        positions: (B, T) RoPE positions; default `offset + arange(T)` (offset = cached tokens), or restarting
-            at 0 in each document when `document_ids` is given.
+        positions: (B, T) positions (RoPE's, or rows of the learned table); default `offset + arange(T)`
+            (offset = cached tokens), or restarting at 0 in each document when `document_ids` is given.
         cache: a `KVCache` (from `new_cache`) that this call reads and extends, for incremental decoding.
         attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are never attended.
         document_ids: (B, T) ids of packed documents; tokens attend only within their own document.
@@ -127,11 +144,20 @@ class Llama(nn.Module):
         if positions is None:
             positions = self._default_positions(T, offset, document_ids, tokens.device)
         compute_dtype = torch.promote_types(self.output.weight.dtype, torch.float32)
-        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta, compute_dtype)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B or 1, 1, T, head_dim/2), broadcast over heads
+        cos = sin = None
+        if self.config.position_encoding == "rope":
+            scale = self.config.position_interpolation
+            rope_positions = positions if scale == 1.0 else positions / scale  # Chen et al. (2023)
+            cos, sin = rope_angles(rope_positions, self.config.head_dim, self.config.rope_theta, compute_dtype)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B or 1, 1, T, head_dim/2), broadcast over heads
         mask = self._attention_mask(T, offset, attention_mask, document_ids, cache, tokens.device)
 
         h = self.tok_embeddings(tokens)
+        if self.config.position_encoding == "learned":
+            if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.config.max_seq_len):
+                raise ValueError(f"positions [{int(positions.min())}, {int(positions.max())}] fall outside the "
+                                 f"learned position table [0, {self.config.max_seq_len}); shorten the input")
+            h = h + self.pos_embeddings(positions)
         weights = []
         for i, layer in enumerate(self.layers):
             h, w = layer(h, cos, sin, mask=mask, cache=cache, layer_idx=i, need_weights=need_weights)

@@ -167,9 +167,9 @@ def save_hf_checkpoint(model: Llama, path: str | os.PathLike, *, overwrite: bool
     """Write `model` as a Hugging Face folder (config.json + model.safetensors) that
     `transformers.AutoModelForCausalLM.from_pretrained(path)` loads. Returns the folder."""
     path = Path(path)
+    hf_config = hf_config_from_model_config(model.config, model.output.weight.dtype)  # refuses a variant first
     weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     hf_weights = to_hf_state_dict(weights, model.config)
-    hf_config = hf_config_from_model_config(model.config, model.output.weight.dtype)
     with _atomic_folder(path, overwrite) as staging:
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         save_file(hf_weights, staging / "model.safetensors", metadata={"format": "pt"})
@@ -221,10 +221,11 @@ def save_meta_checkpoint(
 ) -> Path:
     """Write `model` in Meta's layout: params.json + `num_shards` model-parallel consolidated.NN.pth files."""
     folder = Path(folder)
+    params = meta_params_from_model_config(model.config)  # refuses a variant first
     weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     shards = split_meta_shards(weights, num_shards)
     with _atomic_folder(folder, overwrite) as staging:
-        (staging / "params.json").write_text(json.dumps(meta_params_from_model_config(model.config), indent=2))
+        (staging / "params.json").write_text(json.dumps(params, indent=2))
         for index, shard in enumerate(shards):
             torch.save(shard, staging / f"consolidated.{index:02d}.pth")
     return folder

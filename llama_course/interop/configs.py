@@ -110,8 +110,16 @@ def model_config_from_hf(hf: dict[str, Any], *, attention_backend: str = "sdpa")
     )
 
 
+def check_exportable(config: ModelConfig, target: str) -> None:
+    """Refuse a config whose architecture fields the Llama formats cannot state (both hold Llama's choices only)."""
+    if config.architecture_variants:
+        raise ValueError(f"the {target} format describes Llama's own architecture only, not "
+                         f"{config.architecture_variants}; keep such a model in llama_course's folder format")
+
+
 def hf_config_from_model_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """A config.json dict that `transformers.LlamaConfig` reads (old and new releases alike)."""
+    check_exportable(config, "Hugging Face")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -168,6 +176,7 @@ def model_config_from_meta_params(
 
 def meta_params_from_model_config(config: ModelConfig) -> dict[str, Any]:
     """A Meta-style params.json dict (with vocab_size and max_seq_len filled in, which Meta leaves out)."""
+    check_exportable(config, "Meta")
     params = {key: getattr(config, key) for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                                     "multiple_of", "ffn_dim_multiplier", "norm_eps",
                                                     "rope_theta", "max_seq_len")}

@@ -107,20 +107,22 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         *,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer_idx: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, dim); cos/sin: (B or 1, 1, T, head_dim/2). Returns (B, T, dim) and optional weights."""
+        """x: (B, T, dim); cos/sin: (B or 1, 1, T, head_dim/2), or None for no rotation (a model without RoPE).
+        Returns (B, T, dim) and optional weights."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
         offset = 0
         if cache is not None:
             offset = cache.length

@@ -244,6 +244,10 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
     blocks = [module for module in model.modules() if isinstance(module, TransformerBlock)]
     if not blocks:
         raise ValueError(f"{type(model).__name__} holds no TransformerBlock to checkpoint")
+    variants = getattr(getattr(model, "config", None), "architecture_variants", {})
+    if mode == "selective" and set(variants) - {"position_interpolation"}:
+        raise ValueError(f"mode='selective' hand-writes the backward of Llama's block, not of {variants}; "
+                         "use mode='selective-policy' or 'full'")
     for block in blocks:
         if type(block) not in (TransformerBlock, CheckpointedTransformerBlock):
             raise ValueError(

@@ -1,7 +1,9 @@
 """RMSNorm, the normalisation Llama applies before every sub-layer (Llama 1, section 2.2; Zhang & Sennrich 2019).
 
 Unlike LayerNorm it neither subtracts the mean nor adds a bias: it only rescales each vector to unit root
-mean square, then multiplies by a learned gain that starts at 1.
+mean square, then multiplies by a learned gain that starts at 1. `make_norm` also builds the LayerNorm
+(Ba et al., 2016: subtract the mean, divide by the standard deviation, learned gain and bias) that RMSNorm
+replaced, for the ablation of chapter 2.
 """
 
 import torch
@@ -21,3 +23,15 @@ class RMSNorm(nn.Module):
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
+
+
+NORM_TYPES = ("rmsnorm", "layernorm")  # Llama's choice first
+
+
+def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    """An RMSNorm, or a LayerNorm with gain and bias, over the last dimension of width `dim`."""
+    if norm_type == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if norm_type == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"norm_type={norm_type!r} is unknown; choose one of {NORM_TYPES}")
