@@ -3,20 +3,22 @@
 Static checks of the HTML: no output that a reader must not see (stderr, a warning, a traceback, a progress
 bar, a widget, a path of the build machine), every chapter links to its exercise page, which holds the tasks
 and their stubs but never a solution. In headless Chromium, at the window size of a laptop (1280 pixels): no
-JavaScript error, no broken image, a figure per chapter, every code cell, output and table within the text
-column (an output line wider than the column wraps: book/_static/book.css), and every figure shown at
-`MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than the column is scaled down, and its
-fonts with it).
+JavaScript error, no broken image, a figure per chapter, every code cell, output, table and display equation
+within the text column (an output line wider than the column wraps: book/_static/book.css), every listing of
+the package's source (120 columns, over the column and its margin: book/_ext/wide_listings.py) with its lines
+unbroken, and every figure shown at `MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than
+the column is scaled down, and its fonts with it).
 
 Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs before pytest) and Debian's
 `chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are
 those of that origin.
 
-The book loads nothing from the internet: MathJax comes with it (book/_ext/offline_mathjax.py), so every
-equation must be typeset, and fit the column, without a network. The only console error tolerated is the 404
-of `/favicon.ico` at the server root: Chromium requests it by itself for a page that names no icon, and the
-book names none. Every other console error fails the test, and so does a broken image: the book ships every
-image it shows, and every resource a page loads is from the book's own origin.
+The book loads nothing from the internet: MathJax 3 comes with it (the `sphinx-mathjax-offline` extension
+copies it into `_static/mathjax`), so every equation must be typeset, and fit the column, without a network.
+The only console error tolerated is the 404 of `/favicon.ico` at the server root: Chromium requests it by
+itself for a page that names no icon, and the book names none. Every other console error fails the test, and
+so does a broken image: the book ships every image it shows, and every resource a page loads is from the
+book's own origin.
 """
 
 import functools
@@ -49,17 +51,27 @@ return Array.from(document.images).map(img => ({
     src: img.currentSrc || img.src, complete: img.complete, width: img.naturalWidth,
     rendered: img.getBoundingClientRect().width, figure: img.closest('.cell_output') !== null}));
 """
-# Code, outputs and tables that do not fit their box scroll sideways: the reader sees them cut at the edge.
+# Code, outputs, tables, listings and equations that do not fit their box scroll sideways: the reader sees them
+# cut at the edge. A listing may pass the text column, not the page.
 OVERFLOW_STATE = """
 const article = document.querySelector('article.bd-article');
 if (!article) return [];
 const column = article.getBoundingClientRect().right;
+const page = document.querySelector('.bd-main').getBoundingClientRect().right;
 const boxes = article.querySelectorAll(
-    '.cell_input pre, .cell_output pre, table, .MathJax_Display, .MathJax_SVG_Display');
-return Array.from(boxes).filter(box => box.scrollWidth > box.clientWidth + 1
-                                    || box.getBoundingClientRect().right > column + 1)
+    '.cell_input pre, .cell_output pre, table, div.math mjx-container, .literal-block-wrapper pre');
+return Array.from(boxes).filter(box => {
+        // a listing wraps its lines only where the screen is too narrow: measure them unbroken
+        const listing = box.closest('.literal-block-wrapper');
+        if (listing) box.style.whiteSpace = 'pre';
+        const cut = box.scrollWidth > box.clientWidth + 1
+                    || box.getBoundingClientRect().right > (listing ? page : column) + 1;
+        box.style.whiteSpace = '';
+        return cut;
+    })
     .map(box => ({kind: box.closest('.cell_input') ? 'code' : box.closest('.cell_output') ? 'output'
-                        : box.tagName.toLowerCase(),
+                        : box.closest('.literal-block-wrapper') ? 'listing'
+                        : box.closest('div.math') ? 'equation' : box.tagName.toLowerCase(),
                   text: box.textContent.trim().split('\\n')[0].slice(0, 80),
                   width: box.scrollWidth, column: box.clientWidth}));
 """
@@ -120,11 +132,32 @@ def browser():
     driver.quit()
 
 
-# MathJax 2 typesets after the page loads: its queue runs a callback once everything queued before is done.
+# MathJax 3 typesets after the page loads; its startup promise settles when the page's math is typeset. Sphinx
+# loads MathJax on the pages with math only; on one of those a MathJax that did not load leaves the promise out.
 MATH_TYPESET = """
 const done = arguments[arguments.length - 1];
-if (!window.MathJax || !window.MathJax.Hub) { done(false); return; }
-MathJax.Hub.Queue(() => done(true));
+if (!window.MathJax || !window.MathJax.startup) { done(false); return; }
+MathJax.startup.promise.then(() => done(true), error => done(String(error)));
+"""
+# The page's math elements (Sphinx's span.math and div.math), those MathJax left untouched, and TeX delimiters
+# left in the page's text outside code (a `\(` that no math element holds).
+MATH_STATE = """
+const article = document.querySelector('article.bd-article');
+const math = Array.from(article.querySelectorAll('span.math, div.math'));
+const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT, {acceptNode: node =>
+    node.parentElement.closest('pre, code, mjx-container, script, style') ? NodeFilter.FILTER_REJECT
+                                                                          : NodeFilter.FILTER_ACCEPT});
+const delimiters = [];
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const found = node.textContent.match(/\\\\[()\\[\\]]|\\$\\$/);
+    if (found) delimiters.push(node.textContent.trim().slice(0, 60));
+}
+return {typeset: article.querySelectorAll('mjx-container').length,
+        raw: math.filter(node => !node.querySelector('mjx-container')).map(node => node.textContent.slice(0, 60)),
+        // a backslash in typeset math is a macro MathJax did not read (`\\_` in \\text{} without textmacros)
+        macros: Array.from(article.querySelectorAll('mjx-container')).map(node => node.textContent)
+            .filter(text => text.includes('\\\\')).map(text => text.slice(0, 60)),
+        delimiters: delimiters};
 """
 RESOURCES = "return performance.getEntriesByType('resource').map(entry => entry.name);"
 
@@ -138,18 +171,16 @@ def load(browser, url: str) -> list[dict]:
     wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
     wait.until(lambda b: all(img["complete"] for img in b.execute_script(IMAGES_STATE)))
     browser.set_script_timeout(60)
-    browser.execute_async_script(MATH_TYPESET)
+    if browser.execute_script("return document.querySelector('span.math, div.math') !== null"):
+        typeset = browser.execute_async_script(MATH_TYPESET)
+        assert typeset is True, f"{url}: MathJax did not typeset the page's math ({typeset or 'not loaded'})"
     return browser.execute_script(IMAGES_STATE)
-
-
-MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax"  # Sphinx's MathJax, which an offline build cannot reach
 
 
 def console_errors(entries: list[dict], origin: str) -> list[str]:
     """The browser log's errors, but for Chromium's own request of the missing `/favicon.ico`."""
     return [entry["message"] for entry in entries
-            if entry["level"] == "SEVERE" and entry["message"].split(" ", 1)[0] != f"{origin}/favicon.ico"
-            and not entry["message"].startswith(MATHJAX_CDN)]
+            if entry["level"] == "SEVERE" and entry["message"].split(" ", 1)[0] != f"{origin}/favicon.ico"]
 
 
 def test_every_book_page_chapter_and_exercise_is_rendered():
@@ -198,8 +229,7 @@ def test_pages_load_offline_without_javascript_errors_or_broken_images(server, b
         problems += [f"{relative}: JavaScript console error: {message}"
                      for message in console_errors(browser.get_log("browser"), server)]
         problems += [f"{relative}: loads {url} from outside the book"
-                     for url in browser.execute_script(RESOURCES)
-                     if not url.startswith(server) and not url.startswith(MATHJAX_CDN)]
+                     for url in browser.execute_script(RESOURCES) if not url.startswith(server)]
         problems += [f"{relative}: broken image {img['src']}" for img in images if img["width"] == 0]
         if relative.startswith("chapters/"):
             figures = [img for img in images if img["figure"] and img["width"] > 0]
@@ -208,7 +238,21 @@ def test_pages_load_offline_without_javascript_errors_or_broken_images(server, b
     assert not problems, "\n".join(problems)
 
 
-def test_code_outputs_tables_and_equations_fit_the_column(server, browser):
+def test_math_is_typeset_offline(server, browser):
+    problems, typeset = [], 0
+    for page in book_pages():
+        relative = page.relative_to(HTML).as_posix()
+        load(browser, f"{server}/{relative}")
+        state = browser.execute_script(MATH_STATE)
+        typeset += state["typeset"]
+        problems += [f"{relative}: math left as TeX source: {raw!r}" for raw in state["raw"]]
+        problems += [f"{relative}: a TeX delimiter in the text: {text!r}" for text in state["delimiters"]]
+        problems += [f"{relative}: a TeX macro shown as text in an equation: {text!r}" for text in state["macros"]]
+    assert typeset > 0, "no equation of the book was typeset: is MathJax served from _static/mathjax?"
+    assert not problems, "\n".join(problems)
+
+
+def test_code_outputs_tables_listings_and_equations_fit(server, browser):
     problems = []
     for page in book_pages():
         relative = page.relative_to(HTML).as_posix()
