@@ -118,26 +118,6 @@ def bytes_kept_for_backward(
     return SavedBytes(total=total, inputs=kept_inputs)
 
 
-def best_seconds(step: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
-    """Shortest wall time of `step()` over `repeats` runs after `warmup` runs (CUDA work is waited for).
-
-    The minimum, not the mean: on a shared machine every disturbance only adds time.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats} must be at least 1")
-
-    def timed() -> float:
-        start = time.perf_counter()
-        step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for _ in range(warmup):
-        timed()
-    return min(timed() for _ in range(repeats))
-
-
 def interleaved_seconds(
     steps: Mapping[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1
 ) -> dict[str, list[float]]:

@@ -8,7 +8,6 @@ from torch.utils.checkpoint import checkpoint
 from llama_course.config import ModelConfig
 from llama_course.profiling import (
     attention_costs,
-    best_seconds,
     bytes_kept_for_backward,
     checkpoint_costs,
     interleaved_seconds,
@@ -36,10 +35,6 @@ def test_counts_what_checkpointing_keeps_outside_the_autograd_graph():
     assert bytes_kept_for_backward(lambda: x.exp().exp()).total == 400  # both outputs saved by exp
     # full checkpointing keeps the input only
     assert bytes_kept_for_backward(lambda: checkpoint(lambda t: t.exp().exp(), x, use_reentrant=False)).total == 200
-
-
-def test_best_seconds_is_a_positive_minimum():
-    assert 0 < best_seconds(lambda: torch.randn(10).sum(), repeats=3) < 1
 
 
 def test_attention_costs_rows_grow_linearly_for_memory_efficient():
