@@ -143,6 +143,7 @@ MathJax.startup.promise.then(() => done(true), error => done(String(error)));
 # left in the page's text outside code (a `\(` that no math element holds).
 MATH_STATE = """
 const article = document.querySelector('article.bd-article');
+if (!article) return {typeset: 0, raw: [], macros: [], delimiters: []};
 const math = Array.from(article.querySelectorAll('span.math, div.math'));
 const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT, {acceptNode: node =>
     node.parentElement.closest('pre, code, mjx-container, script, style') ? NodeFilter.FILTER_REJECT
