@@ -112,3 +112,11 @@ def test_shipped_results_hold_200_prompts_per_set_and_a_summary_of_their_values(
             per_prompt = np.array([run[values] for run in runs])
             assert per_prompt.shape[1] == results["prompts"]["unsafe" if metric == "violation" else "borderline"]
             assert results["summary"][fraction][metric]["mean"]["rate"] == pytest.approx(per_prompt.mean())
+
+
+def test_the_command_refuses_a_bad_share_in_one_line(capsys):
+    from llama_course import cli
+
+    assert cli.main(["safety", "--fractions", "0", "2"]) == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("llama-course safety: error: fractions=(0.0, 2.0)")
