@@ -42,6 +42,8 @@ SUBCOMMAND_MODULES = [
      "RLHF with PPO: KL-penalised, safety-first reward from the two RMs; data-parallel under torchrun"),
     ("gatt", "llama_course.commands.gatt",
      "Ghost Attention: fine-tune on last-turn samples, measure constraint recall by turn"),
+    ("ablate", "llama_course.commands.ablate",
+     "architecture ablations (chapters 2-5): Llama's choices against the alternatives, over seeds; resumable"),
     ("rlhf", "llama_course.commands.rlhf",
      "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),
     ("safety", "llama_course.commands.safety",
