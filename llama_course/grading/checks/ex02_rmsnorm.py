@@ -3,7 +3,8 @@
 import torch
 
 from llama_course.config import ModelConfig
-from llama_course.grading.assertions import assert_tensor_close
+from llama_course.experiments.ablation import load_results, verdicts
+from llama_course.grading.assertions import assert_equal, assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.layers.rmsnorm import RMSNorm
 from llama_course.layers.rope import rope_angles
@@ -99,5 +100,32 @@ def adds_each_sublayer_output_to_the_residual_stream(pre_norm_block):
     assert_tensor_close(zero, x, atol=0.0, rtol=0.0, what="the block whose sublayers output zeros")
 
 
+def synthetic_summary(intervals: dict[str, tuple[float, float] | None], baseline: str) -> dict:
+    """A sweep summary with the given (low, high) difference intervals (None: diverged)."""
+    summary = {baseline: {"diverged": 0, "val_loss": {"mean": 2.0, "low": 1.9, "high": 2.1}, "difference": None}}
+    for name, interval in intervals.items():
+        difference = None if interval is None else {"mean": sum(interval) / 2, "low": interval[0],
+                                                     "high": interval[1]}
+        summary[name] = {"diverged": 3 if interval is None else 0, "val_loss": None if interval is None else
+                         {"mean": 2.0, "low": 1.9, "high": 2.1}, "difference": difference}
+    return summary
+
+
+@EXERCISE.test("within_noise", points=1)
+def reads_intervals_that_contain_zero(within_noise):
+    summary = synthetic_summary({"a": (-0.2, 0.1), "b": (0.05, 0.3), "c": (-0.4, -0.1), "d": None, "e": (0.0, 0.2),
+                                 "f": (-0.3, 0.0)}, "base")
+    assert_equal(sorted(within_noise(summary, "base")), ["a", "e", "f"],
+                 what="the variants within noise (an interval touching 0 contains it)")
+
+
+@EXERCISE.test("within_noise", points=1)
+def reads_the_shipped_norm_ablation(within_noise):
+    results = load_results("norms")
+    expected = sorted(name for name, verdict in verdicts(results).items() if verdict == "within noise")
+    assert_equal(sorted(within_noise(results["summary"], results["sweep"]["baseline"])), expected,
+                 what="within_noise of the shipped norms sweep")
+
 EXERCISE.references("rms_norm", RMSNorm, torch.nn.RMSNorm, torch.nn.functional.rms_norm)
 EXERCISE.references("pre_norm_block", TransformerBlock)
+EXERCISE.references("within_noise", verdicts)

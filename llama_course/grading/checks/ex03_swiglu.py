@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from llama_course.config import PRESETS
+from llama_course.experiments.ablation import load_results, verdicts
 from llama_course.grading.assertions import assert_equal, assert_tensor_close
+from llama_course.grading.checks.ex02_rmsnorm import synthetic_summary
 from llama_course.grading.registry import Exercise
 from llama_course.layers.swiglu import FeedForward, ffn_hidden_dim
 
@@ -80,6 +82,23 @@ def matches_the_reference_on_random_sizes(ffn_hidden_dim_student):
                      what=f"ffn_hidden_dim({dim}, {multiple_of}, {multiplier})")
 
 
+
+@EXERCISE.test("worse_than_baseline", points=1)
+def reads_intervals_above_zero(worse_than_baseline):
+    summary = synthetic_summary({"a": (-0.2, 0.1), "b": (0.05, 0.3), "c": (-0.4, -0.1), "d": None, "e": (0.0, 0.2),
+                                 "f": (0.001, 0.002)}, "base")
+    assert_equal(sorted(worse_than_baseline(summary, "base")), ["b", "f"],
+                 what="the variants with a higher loss than the baseline's beyond their interval")
+
+
+@EXERCISE.test("worse_than_baseline", points=1)
+def reads_the_shipped_ffn_ablation(worse_than_baseline):
+    results = load_results("ffn")
+    expected = sorted(name for name, verdict in verdicts(results).items() if verdict == "higher loss")
+    assert_equal(sorted(worse_than_baseline(results["summary"], results["sweep"]["baseline"])), expected,
+                 what="worse_than_baseline of the shipped FFN sweep")
+
 EXERCISE.references("silu", F.silu, torch.nn.SiLU)
 EXERCISE.references("swiglu_ffn", FeedForward)
 EXERCISE.references("ffn_hidden_dim", ffn_hidden_dim)
+EXERCISE.references("worse_than_baseline", verdicts)

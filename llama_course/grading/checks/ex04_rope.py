@@ -1,8 +1,10 @@
 """Tests of exercise 4: rotary position embeddings in both conventions (Su et al. 2021; Llama 1, section 2.2)."""
 
+import numpy as np
 import torch
 
-from llama_course.grading.assertions import assert_tensor_close
+from llama_course.experiments.ablation import load_results
+from llama_course.grading.assertions import assert_number_close, assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.layers.rope import (
     apply_rope_interleaved,
@@ -113,7 +115,27 @@ def permuted_weights_give_the_same_scores_with_rotate_half(permute_meta_to_hf_st
     assert_tensor_close(hf, meta, atol=1e-9, rtol=1e-9, what="the rotate_half scores with your permuted weights")
 
 
+
+@EXERCISE.test("interpolation_gain", points=1)
+def averages_positions_from_the_block_size_on(interpolation_gain):
+    before = [[5.0, 5.0, 9.0, 7.0], [5.0, 5.0, 7.0, 5.0]]  # two batches, four positions
+    after = [[1.0, 1.0, 4.0, 4.0], [9.0, 9.0, 4.0, 4.0]]
+    extension = {"interpolated before": before, "interpolated after": after}
+    assert_number_close(interpolation_gain(extension, 2), 3.0, what="interpolation_gain at block size 2")
+
+
+@EXERCISE.test("interpolation_gain", points=1)
+def reads_the_shipped_extension(interpolation_gain):
+    results = load_results("positions")
+    block = results["sweep"]["settings"]["block_size"]
+    extension = results["runs"]["RoPE"][0]["extension"]
+    expected = float(np.mean(np.array(extension["interpolated before"])[:, block:])
+                     - np.mean(np.array(extension["interpolated after"])[:, block:]))
+    assert_number_close(interpolation_gain(extension, block), expected, tolerance=1e-9,
+                        what="interpolation_gain of the shipped RoPE model (seed 0)")
+
 EXERCISE.references("rope_angles", rope_angles)
 EXERCISE.references("apply_rope_interleaved", apply_rope_interleaved)
 EXERCISE.references("apply_rope_rotate_half", apply_rope_rotate_half)
 EXERCISE.references("permute_meta_to_hf", permute_meta_to_hf)
+

@@ -3,9 +3,12 @@
 Llama 2, section 2.2 and appendix A.2.1 (grouped-query attention, Ainslie et al. 2023).
 """
 
+import dataclasses
+
 import torch
 
-from llama_course.config import PRESETS
+from llama_course.config import PRESETS, ModelConfig, count_parameters
+from llama_course.experiments.ablation import SWEEPS, matched_ffn
 from llama_course.grading.assertions import assert_equal, assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.kv_memory import kv_cache_bytes
@@ -108,7 +111,28 @@ def fewer_kv_heads_shrink_the_cache_proportionally(kv_cache_size_bytes):
                  what="(MHA / GQA, MHA / MQA, remainders) for 64, 8 and 1 KV heads")
 
 
+
+@EXERCISE.test("matched_ffn_width", points=2)
+def gives_the_widths_of_the_shipped_ablation(matched_ffn_width):
+    sweep = SWEEPS["attention"]
+    mha = sweep.config(sweep.variants[0])
+    for variant in sweep.variants:
+        config = sweep.config(variant)
+        got = matched_ffn_width(config.dim, config.n_heads, config.n_kv_heads, mha.hidden_dim)
+        assert_equal(got, config.hidden_dim, what=f"matched_ffn_width for {variant.name}")
+
+
+@EXERCISE.test("matched_ffn_width", points=1)
+def keeps_the_parameter_count_of_larger_models(matched_ffn_width):
+    for dim, n_heads, n_kv_heads in ((4096, 32, 8), (512, 8, 1), (768, 12, 4)):
+        mha = ModelConfig(dim=dim, n_layers=2, n_heads=n_heads, multiple_of=1)
+        grouped = dataclasses.replace(mha, n_kv_heads=n_kv_heads)
+        width = dataclasses.replace(grouped, **matched_ffn(grouped, count_parameters(mha))).hidden_dim
+        got = matched_ffn_width(dim, n_heads, n_kv_heads, mha.hidden_dim)
+        assert_equal(got, width, what=f"matched_ffn_width({dim}, {n_heads}, {n_kv_heads}, {mha.hidden_dim})")
+
 EXERCISE.references("repeat_kv", repeat_kv)
 EXERCISE.references("causal_mask", causal_mask)
 EXERCISE.references("update_cache", KVCache)
 EXERCISE.references("kv_cache_size_bytes", kv_cache_bytes)
+EXERCISE.references("matched_ffn_width", matched_ffn)
