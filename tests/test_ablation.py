@@ -9,7 +9,15 @@ import pytest
 
 from llama_course.cli import main
 from llama_course.config import count_parameters
-from llama_course.experiments.ablation import SWEEPS, Sweep, load_results, matched_ffn, run_sweep, summarize
+from llama_course.experiments.ablation import (
+    SWEEPS,
+    Sweep,
+    extension_summary,
+    load_results,
+    matched_ffn,
+    run_sweep,
+    summarize,
+)
 
 
 def few_steps(sweep: Sweep) -> Sweep:
@@ -105,3 +113,20 @@ def test_ablate_command_refuses_bad_input(capsys):
     assert "--steps=0 must be a positive number of steps" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ablate", "dropout"])
+
+
+def test_extension_summary_averages_the_position_ranges():
+    block = 2
+    trained = [[1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]] * 2  # two batches, positions 0..4T-1
+    tuned = {key: [[9.0, 9.0, value, value]] * 2 for key, value in
+             (("direct before", 5.0), ("direct after", 4.0), ("interpolated before", 6.0), ("interpolated after", 3.0))}
+    record = {"val_loss": [1.0, 1.0], "extension": {"trained": trained, **tuned}}
+    results = {"sweep": {"baseline": "RoPE", "settings": {"block_size": block}},
+               "runs": {"RoPE": [record, record], "learned": [{"val_loss": [1.0, 1.0]}] * 2}}
+    summary = extension_summary(results)
+    assert [key for key in summary if "learned" in key] == []
+    expected = {"RoPE trained, positions 0-1": 1.0, "RoPE trained, positions 2-3": 2.0,
+                "RoPE trained, positions 4-7": 3.0, "RoPE direct before, positions 2-3": 5.0,
+                "RoPE interpolated after, positions 2-3": 3.0}
+    for key, value in expected.items():
+        assert (summary[key]["mean"], summary[key]["low"], summary[key]["high"]) == pytest.approx((value,) * 3)

@@ -482,9 +482,23 @@ def plot_extension(results: dict[str, Any]):
 
 
 def extension_summary(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Chapter 4: RoPE's mean loss over positions T to 2T before and after each fine-tune, with 95% intervals
-    over seeds and validation batches."""
+    """Chapter 4's mean losses with 95% intervals over seeds and validation batches: each trained model's at
+    positions [0, T), [T, 2T) and [2T, 4T), and RoPE's at [T, 2T) before and after each fine-tune."""
     block = results["sweep"]["settings"]["block_size"]
+
+    def mean_loss(curves: list[list[list[float]]], low: int, high: int) -> dict[str, float]:
+        return _interval(np.array([np.mean(np.array(curve)[:, low:high], axis=1) for curve in curves]))
+
+    summary = {}
+    for name, records in results["runs"].items():
+        extensions = [record["extension"] for record in records if "extension" in record]
+        if not extensions:
+            continue
+        for low, high in ((0, block), (block, 2 * block), (2 * block, 4 * block)):
+            summary[f"{name} trained, positions {low}-{high - 1}"] = mean_loss(
+                [extension["trained"] for extension in extensions], low, high)
     rope = [record["extension"] for record in results["runs"][results["sweep"]["baseline"]] if "extension" in record]
-    return {key: _interval(np.array([np.mean(np.array(extension[key])[:, block:], axis=1) for extension in rope]))
-            for key in ("direct before", "direct after", "interpolated before", "interpolated after")}
+    for key in ("direct before", "direct after", "interpolated before", "interpolated after"):
+        summary[f"RoPE {key}, positions {block}-{2 * block - 1}"] = mean_loss(
+            [extension[key] for extension in rope], block, 2 * block)
+    return summary
