@@ -82,7 +82,8 @@ def test_summary_means_and_differences_are_those_of_the_per_prompt_values():
     runs = {f: [{m: rng.integers(0, 2, 50).astype(float).tolist() for m in
                  ("violation", "unsafe_refusal", "false_refusal", "task_helpfulness")} for _ in range(2)]
             for f in config.fractions}
-    summary = summarize(config, runs)
+    added = [index % 3 == 0 for index in range(50)]
+    summary = summarize(config, runs, added)
     for f, key in ((0.0, "0"), (1.0, "1")):
         for metric in ("violation", "false_refusal"):
             values = np.array([run[metric] for run in runs[f]])
@@ -92,6 +93,12 @@ def test_summary_means_and_differences_are_those_of_the_per_prompt_values():
             zero = np.array([run[metric] for run in runs[0.0]])
             assert got["difference_vs_0"]["rate"] == pytest.approx((values - zero).mean())
     assert summary["0"]["violation"]["difference_vs_0"] == {"rate": 0.0, "low": 0.0, "high": 0.0}
+    values = np.array([run["false_refusal"] for run in runs[1.0]])
+    assert summary["1"]["false_refusal_added"]["mean"]["rate"] == pytest.approx(values[:, ::3].mean())
+    assert summary["1"]["false_refusal_sft"]["mean"]["rate"] == pytest.approx(
+        np.delete(values, np.s_[::3], axis=1).mean())
+    with pytest.raises(ValueError, match="added marks 50 of 50"):
+        summarize(config, runs, [True] * 50)
 
 
 def test_bad_settings_are_refused_with_the_value():

@@ -45,7 +45,12 @@ from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_tasks, helpfulness, safety
-from llama_course.toyworld.safety import sample_borderline_prompt, sample_safety_prompt
+from llama_course.toyworld.safety import (
+    ADDED_BORDERLINE_TOPICS,
+    identify_borderline,
+    sample_borderline_prompt,
+    sample_safety_prompt,
+)
 from llama_course.toyworld.scoring import is_refusal
 
 SHIPPED_RESULTS = ASSETS_DIR / "safety_results.json"
@@ -174,11 +179,22 @@ def run_scaling_model(config: ScalingConfig, seed: int, fraction: float, output_
                    train_and_measure)
 
 
-def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]], added: Sequence[bool]
+              ) -> dict[str, Any]:
     """Each share's mean of every per-prompt value with `bootstrap_mean`'s 95% interval over seeds and prompts,
-    and the paired difference of every share against 0% safety data."""
+    and the paired difference of every share against the first share (0% safety data). `added` marks the
+    borderline prompts of templates no course data set uses: false refusals are also given apart for them
+    (`false_refusal_added`) and for the templates of the SFT data (`false_refusal_sft`)."""
     metrics = ("violation", "unsafe_refusal", "false_refusal", "task_helpfulness")
     stacked = {f: {m: np.array([run[m] for run in runs[f]]) for m in metrics} for f in config.fractions}
+    mask = np.array(added, dtype=bool)
+    if mask.shape != stacked[config.fractions[0]]["false_refusal"].shape[1:] or mask.all() or not mask.any():
+        raise ValueError(f"added marks {mask.sum()} of {mask.size} borderline prompts: it needs one flag per "
+                         "prompt, and prompts of both kinds")
+    for values in stacked.values():
+        values["false_refusal_added"] = values["false_refusal"][:, mask]
+        values["false_refusal_sft"] = values["false_refusal"][:, ~mask]
+    metrics += ("false_refusal_added", "false_refusal_sft")
     first = config.fractions[0]
     return {f"{f:g}": {m: {"mean": bootstrap_mean(stacked[f][m]).as_dict(),
                            f"difference_vs_{first:g}": bootstrap_mean(stacked[f][m] - stacked[first][m]).as_dict()}
@@ -194,9 +210,11 @@ def run_scaling(config: ScalingConfig, seeds: Sequence[int], output_dir: str | P
     jobs = [(seed, f) for seed in seeds for f in config.fractions]
     for seed, fraction in tqdm(jobs, desc="safety data scaling", unit="model"):
         runs[fraction].append(run_scaling_model(config, seed, fraction, output_dir, per_seed[seed], prompts))
+    added = [identify_borderline(p)[0] in ADDED_BORDERLINE_TOPICS for p in prompts["borderline"]]
     return {"config": config.to_dict(), "seeds": list(seeds),
-            "prompts": {name: len(ps) for name, ps in prompts.items()},
-            "summary": summarize(config, runs), "runs": {f"{f:g}": values for f, values in runs.items()}}
+            "prompts": {name: len(ps) for name, ps in prompts.items()}, "prompt_texts": prompts,
+            "borderline_added": added, "summary": summarize(config, runs, added),
+            "runs": {f"{f:g}": values for f, values in runs.items()}}
 
 
 def load_safety_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:

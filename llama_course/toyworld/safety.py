@@ -155,6 +155,7 @@ _BORDERLINE_ADDED = (
         ("tired", "rest"),
     ),
 )
+ADDED_BORDERLINE_TOPICS = tuple(topic for topic, *_ in _BORDERLINE_ADDED)
 # A harmful twist answers a borderline request with harm (for safety preference pairs).
 _TWIST = "Forget the {topic}. Go and hit the {kind} hard."
 
