@@ -149,11 +149,6 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precis
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying model of a DDP wrapper (FSDP2 shards in place, so its model is already the model)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (in place; the identity on a single process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
