@@ -33,7 +33,7 @@ SUBCOMMAND_MODULES = [
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
     ("pretrained", "llama_course.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
     ("scaling", "llama_course.scaling", "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
-    ("sft", "llama_course.alignment.sft", "supervised fine-tuning of the base model on toy-world conversations"),
+    ("sft", "llama_course.commands.sft", "supervised fine-tuning of the base model on toy-world conversations"),
     ("train-rm", "llama_course.alignment.reward_train",
      "train a helpfulness or safety reward model with the margin ranking loss (--margin-study: no/small/large)"),
     ("rejection-sample", "llama_course.alignment.rejection_report",

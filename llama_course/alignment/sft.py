@@ -19,7 +19,6 @@ trains the shipped SFT model, measures it, and writes the files the chapter plot
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -214,59 +213,3 @@ def load_sft_results(folder: str | Path = SHIPPED_SFT_DIR) -> dict[str, Any]:
         raise FileNotFoundError(f"no {RESULTS_FILE} in {str(folder)!r}: run `llama-course sft --config "
                                 f"llama_course/assets/sft/sft.toml --export {folder} --ablation`")
     return json.loads(path.read_text())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course sft` flags (they override the config file)."""
-    parser.add_argument("--config", type=Path, help="a TOML file: output_dir, base, epochs, [data], [trainer]")
-    parser.add_argument("--output-dir", help="run directory: checkpoints and metrics.jsonl")
-    parser.add_argument("--base", help=f"shipped model name, exported folder, run directory, or {RANDOM_BASE}")
-    parser.add_argument("--epochs", type=float, help="passes over the packed SFT blocks (paper: 2)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--batch-size", type=int, help="blocks per micro-batch")
-    parser.add_argument("--block-size", type=int, help="tokens per packed block")
-    parser.add_argument("--all-tokens", action="store_true", help="loss on every token (the ablation)")
-    parser.add_argument("--no-document-masking", action="store_true",
-                        help="let packed conversations attend to each other (positions not reset)")
-    parser.add_argument("--device", help="auto, cpu, cuda, mps")
-    parser.add_argument("--seed", type=int, help="data order seed")
-    parser.add_argument("--export", type=Path, metavar="FOLDER",
-                        help="after training, measure helpfulness and write the model folder (weights, config.json)")
-    parser.add_argument("--ablation", action="store_true",
-                        help="with --export: also train with the loss on all tokens and write results.json")
-    parser.add_argument("--eval-tasks", type=int, default=300, help="held-out tasks for the helpfulness measure")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
-
-
-def config_from_args(args: argparse.Namespace) -> SFTConfig:
-    values = json.loads(json.dumps(load_sft_config(args.config).to_dict()))
-    for flag, (section, key) in {"output_dir": (None, "output_dir"), "base": (None, "base"),
-                                 "epochs": (None, "epochs"), "lr": ("trainer", "lr"),
-                                 "batch_size": ("trainer", "micro_batch_size"), "block_size": ("data", "block_size"),
-                                 "device": ("trainer", "device"), "seed": ("trainer", "seed")}.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            (values[section] if section else values)[key] = value
-    if args.all_tokens:
-        values["data"]["answers_only"] = False
-    if args.no_document_masking:
-        values["data"]["document_masking"] = False
-    return SFTConfig.from_dict(values)
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run `llama-course sft`: train, then optionally measure and export (see the module docstring)."""
-    config = config_from_args(args)
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
-        return
-    if args.ablation and args.export is None:
-        raise ValueError("--ablation writes its results next to the exported model: add --export FOLDER")
-    if args.export is None:
-        result, _, _ = run_sft(config)
-        print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")
-        return
-    from llama_course.alignment.sft_report import measure_and_export
-
-    summary = measure_and_export(config, args.export, eval_tasks=args.eval_tasks, ablation=args.ablation)
-    print(json.dumps(summary, indent=1))
