@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,8 @@ from tqdm.auto import tqdm
 
 from llama_course.config import ModelConfig, count_parameters
 from llama_course.evaluation import bootstrap_mean
+from llama_course.experiments import load_results_file
+from llama_course.experiments.gatt import _cached
 from llama_course.interop.configs import ffn_rule_for_hidden_dim
 from llama_course.layers.cross_entropy import IGNORE_INDEX
 from llama_course.model import Llama
@@ -338,19 +339,6 @@ def summarize(sweep: Sweep, runs: dict[str, list[dict[str, Any]]]) -> dict[str, 
     return summary
 
 
-def _cached_run(path: Path, key: dict[str, Any], compute: Any) -> dict[str, Any]:
-    """The record stored at `path` for the same `key` (the run's settings), or `compute()`'s, then stored."""
-    key = json.loads(json.dumps(key))
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored["key"] == key:
-            return stored["record"]
-    record = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "record": record}) + "\n")
-    return record
-
-
 def run_sweep(sweep: Sweep, seeds: list[int], work_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Every (variant, seed) run of `sweep` (resumed from `work_dir`), the summary, and the machine timings."""
     if not seeds or len(set(seeds)) != len(seeds):
@@ -365,8 +353,8 @@ def run_sweep(sweep: Sweep, seeds: list[int], work_dir: str | Path, *, progress:
     for seed, variant in tqdm(jobs, desc=f"ablation {sweep.name}", unit="run", disable=not progress):
         key = {"sweep": sweep.to_dict(), "variant": variant.name, "seed": seed}
         run_dir = folder / f"{sweep.variants.index(variant)}" / f"seed-{seed}"
-        runs[variant.name].append(_cached_run(run_dir / "record.json", key,
-                                              functools.partial(run_one, sweep, variant, seed, data, run_dir)))
+        runs[variant.name].append(_cached(run_dir / "record.json", key,
+                                          functools.partial(run_one, sweep, variant, seed, data, run_dir)))
     results: dict[str, Any] = {
         "sweep": sweep.to_dict(), "seeds": seeds,
         "parameters": {variant.name: count_parameters(sweep.config(variant)) for variant in sweep.variants},
@@ -380,10 +368,7 @@ def run_sweep(sweep: Sweep, seeds: list[int], work_dir: str | Path, *, progress:
 
 def load_results(name: str, path: str | Path | None = None) -> dict[str, Any]:
     """A sweep's results file (by default the shipped one, `assets/ablations/NAME.json`)."""
-    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no ablation results at {str(path)!r}; run `llama-course ablate {name}`")
-    return json.loads(path.read_text())
+    return load_results_file(RESULTS_DIR / f"{name}.json" if path is None else path, f"llama-course ablate {name}")
 
 
 # ----- reading the results --------------------------------------------------------------------------------------

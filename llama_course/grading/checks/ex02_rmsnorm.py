@@ -111,6 +111,14 @@ def synthetic_summary(intervals: dict[str, tuple[float, float] | None], baseline
     return summary
 
 
+def check_shipped_verdicts(student, sweep: str, verdict: str) -> None:
+    """`student(summary, baseline)` names exactly the variants of the shipped `sweep` that have `verdict`."""
+    results = load_results(sweep)
+    expected = sorted(name for name, judged in verdicts(results).items() if judged == verdict)
+    assert_equal(sorted(student(results["summary"], results["sweep"]["baseline"])), expected,
+                 what=f"your answer on the shipped {sweep} sweep")
+
+
 @EXERCISE.test("within_noise", points=1)
 def reads_intervals_that_contain_zero(within_noise):
     summary = synthetic_summary({"a": (-0.2, 0.1), "b": (0.05, 0.3), "c": (-0.4, -0.1), "d": None, "e": (0.0, 0.2),
@@ -121,10 +129,7 @@ def reads_intervals_that_contain_zero(within_noise):
 
 @EXERCISE.test("within_noise", points=1)
 def reads_the_shipped_norm_ablation(within_noise):
-    results = load_results("norms")
-    expected = sorted(name for name, verdict in verdicts(results).items() if verdict == "within noise")
-    assert_equal(sorted(within_noise(results["summary"], results["sweep"]["baseline"])), expected,
-                 what="within_noise of the shipped norms sweep")
+    check_shipped_verdicts(within_noise, "norms", "within noise")
 
 EXERCISE.references("rms_norm", RMSNorm, torch.nn.RMSNorm, torch.nn.functional.rms_norm)
 EXERCISE.references("pre_norm_block", TransformerBlock)

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from llama_course.config import PRESETS
-from llama_course.experiments.ablation import load_results, verdicts
+from llama_course.experiments.ablation import verdicts
 from llama_course.grading.assertions import assert_equal, assert_tensor_close
-from llama_course.grading.checks.ex02_rmsnorm import synthetic_summary
+from llama_course.grading.checks.ex02_rmsnorm import check_shipped_verdicts, synthetic_summary
 from llama_course.grading.registry import Exercise
 from llama_course.layers.swiglu import FeedForward, ffn_hidden_dim
 
@@ -93,10 +93,7 @@ def reads_intervals_above_zero(worse_than_baseline):
 
 @EXERCISE.test("worse_than_baseline", points=1)
 def reads_the_shipped_ffn_ablation(worse_than_baseline):
-    results = load_results("ffn")
-    expected = sorted(name for name, verdict in verdicts(results).items() if verdict == "higher loss")
-    assert_equal(sorted(worse_than_baseline(results["summary"], results["sweep"]["baseline"])), expected,
-                 what="worse_than_baseline of the shipped FFN sweep")
+    check_shipped_verdicts(worse_than_baseline, "ffn", "higher loss")
 
 EXERCISE.references("silu", F.silu, torch.nn.SiLU)
 EXERCISE.references("swiglu_ffn", FeedForward)
