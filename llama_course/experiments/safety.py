@@ -175,8 +175,8 @@ def run_scaling_model(config: ScalingConfig, seed: int, fraction: float, output_
                                     folder, seed)
         return {"training_pairs": len(pairs), **measure(model, tokenizer, prompts, config.max_new_tokens)}
 
-    return _cached(folder / MEASUREMENT_FILE, config.to_dict() | {"seed": seed, "fraction": fraction},
-                   train_and_measure)
+    key = {name: value for name, value in config.to_dict().items() if name != "fractions"}  # the others' shares
+    return _cached(folder / MEASUREMENT_FILE, key | {"seed": seed, "fraction": fraction}, train_and_measure)
 
 
 def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]], added: Sequence[bool]
