@@ -12,3 +12,17 @@ def load_results_file(path: str | Path, command: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no results at {str(path)!r}: run `{command}`")
     return json.loads(path.read_text())
+
+
+def cached_json(path: Path, key: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """`compute()`'s JSON, written to `path`; read back instead when `path` holds it for the same `key` (the
+    settings it depends on): what lets an experiment resume where it stopped."""
+    key = json.loads(json.dumps(key))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored["config"] == key:
+            return stored["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": key, "value": value}) + "\n")
+    return value

@@ -41,8 +41,7 @@ from tqdm.auto import tqdm
 
 from llama_course.config import ModelConfig, count_parameters
 from llama_course.evaluation import bootstrap_mean
-from llama_course.experiments import load_results_file
-from llama_course.experiments.gatt import _cached
+from llama_course.experiments import cached_json, load_results_file
 from llama_course.interop.configs import ffn_rule_for_hidden_dim
 from llama_course.layers.cross_entropy import IGNORE_INDEX
 from llama_course.model import Llama
@@ -353,7 +352,7 @@ def run_sweep(sweep: Sweep, seeds: list[int], work_dir: str | Path, *, progress:
     for seed, variant in tqdm(jobs, desc=f"ablation {sweep.name}", unit="run", disable=not progress):
         key = {"sweep": sweep.to_dict(), "variant": variant.name, "seed": seed}
         run_dir = folder / f"{sweep.variants.index(variant)}" / f"seed-{seed}"
-        runs[variant.name].append(_cached(run_dir / "record.json", key,
+        runs[variant.name].append(cached_json(run_dir / "record.json", key,
                                           functools.partial(run_one, sweep, variant, seed, data, run_dir)))
     results: dict[str, Any] = {
         "sweep": sweep.to_dict(), "seeds": seeds,

@@ -23,7 +23,6 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from llama_course.alignment.sft_data import sft_conversations
 from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
 from llama_course.alignment.sft_report import EVAL_SEED, training_prompts
 from llama_course.evaluation import bootstrap_mean
-from llama_course.experiments import load_results_file
+from llama_course.experiments import cached_json, load_results_file
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -93,20 +92,6 @@ class GAttConfig:
 # The settings each cached file depends on: the sampled data, the measurements of the base model.
 DATA_FIELDS = ("base", "dialogues", "train_turns", "answers", "samples_per_turn", "temperature", "max_new_tokens")
 EVAL_FIELDS = ("base", "eval_dialogues", "eval_turns", "eval_tasks", "attention_dialogues", "max_new_tokens")
-
-
-def _cached(path: Path, key: dict[str, Any], compute: Any) -> dict[str, Any]:
-    """`compute()`'s JSON, written to `path`; read back instead when `path` holds it for the same `key` (the
-    settings it depends on)."""
-    key = json.loads(json.dumps(key))
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored["config"] == key:
-            return stored["value"]
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": key, "value": value}) + "\n")
-    return value
 
 
 def held_out_single_turn_tasks(config: GAttConfig) -> datasets.Dataset:
@@ -173,7 +158,7 @@ def run_seed(config: GAttConfig, seed: int, output_dir: str | Path, *, base: Lla
                                max_new_tokens=config.max_new_tokens, temperature=config.temperature)
         return {"messages": list(data["messages"]), "turn": list(data["turn"])}
 
-    data = _cached(folder / "data.json", {f: getattr(config, f) for f in DATA_FIELDS}, sample)
+    data = cached_json(folder / "data.json", {f: getattr(config, f) for f in DATA_FIELDS}, sample)
     turns = np.bincount(data["turn"], minlength=2).tolist()
     log(f"seed {seed}: {len(data['turn'])} samples kept from {config.dialogues} dialogues, by turn {turns[1:]}")
     mix = sft_mix(config.sft_mix) if config.sft_mix else None
@@ -192,14 +177,14 @@ def run_seed(config: GAttConfig, seed: int, output_dir: str | Path, *, base: Lla
             return {"training": {"samples": len(samples), "steps": result.step, "losses": result.losses},
                     **measure(model, tokenizer, config, tasks, attention=seed == 0)}
 
-        results[name] = _cached(folder / name / MEASUREMENT_FILE, config.to_dict(), train_and_measure)
+        results[name] = cached_json(folder / name / MEASUREMENT_FILE, config.to_dict(), train_and_measure)
     return results
 
 
 def measure_base(config: GAttConfig, output_dir: str | Path, *, base: Llama, tokenizer: Tokenizer,
                  tasks: datasets.Dataset) -> dict[str, Any]:
     """`measure` of the model GAtt starts from, cached under `output_dir/base/`."""
-    return _cached(Path(output_dir) / "base" / MEASUREMENT_FILE, {f: getattr(config, f) for f in EVAL_FIELDS},
+    return cached_json(Path(output_dir) / "base" / MEASUREMENT_FILE, {f: getattr(config, f) for f in EVAL_FIELDS},
                    lambda: measure(base, tokenizer, config, tasks))
 
 

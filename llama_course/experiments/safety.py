@@ -39,8 +39,7 @@ from llama_course.alignment.sft import load_base_model
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.evaluation import bootstrap_mean
 from llama_course.evaluation.safety import VIOLATION_RATINGS, likert_from_score
-from llama_course.experiments import load_results_file
-from llama_course.experiments.gatt import _cached
+from llama_course.experiments import cached_json, load_results_file
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -176,7 +175,7 @@ def run_scaling_model(config: ScalingConfig, seed: int, fraction: float, output_
         return {"training_pairs": len(pairs), **measure(model, tokenizer, prompts, config.max_new_tokens)}
 
     key = {name: value for name, value in config.to_dict().items() if name != "fractions"}  # the others' shares
-    return _cached(folder / MEASUREMENT_FILE, key | {"seed": seed, "fraction": fraction}, train_and_measure)
+    return cached_json(folder / MEASUREMENT_FILE, key | {"seed": seed, "fraction": fraction}, train_and_measure)
 
 
 def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]], added: Sequence[bool]
