@@ -29,9 +29,9 @@ from torch.utils._pytree import tree_leaves
 
 from llama_course.config import ModelConfig
 from llama_course.layers.attention import ATTENTION_BACKENDS
-from llama_course.layers.checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 from llama_course.layers.rope import rope_angles
 from llama_course.model import TransformerBlock
+from llama_course.training.activation_checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.interop import save_hf_checkpoint, save_meta_checkpoint
-from llama_course.layers.checkpointing import apply_activation_checkpointing
 from llama_course.model import Llama
+from llama_course.training.activation_checkpointing import apply_activation_checkpointing
 
 SMALL = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=8, max_seq_len=32)
 VARIANTS = [

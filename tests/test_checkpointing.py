@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from llama_course.config import ATTENTION_BACKEND_NAMES, ModelConfig
-from llama_course.layers.checkpointing import (
+from llama_course.layers.rope import rope_angles
+from llama_course.model import Llama, TransformerBlock
+from llama_course.profiling import bytes_kept_for_backward
+from llama_course.training.activation_checkpointing import (
     CHECKPOINT_MODES,
     CheckpointedTransformerBlock,
     SelectiveAttentionSublayer,
     SelectiveFeedForwardSublayer,
     apply_activation_checkpointing,
 )
-from llama_course.layers.rope import rope_angles
-from llama_course.model import Llama, TransformerBlock
-from llama_course.profiling import bytes_kept_for_backward
 
 CONFIG = ModelConfig(dim=24, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=53, multiple_of=8, max_seq_len=64)
 # gradcheck perturbs every input number twice: a narrower block (head_dim 4, 3 query heads per KV head, hidden 32)

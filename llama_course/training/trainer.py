@@ -37,8 +37,8 @@ from torch import nn
 from torch.distributed.tensor.parallel import loss_parallel
 from tqdm.auto import tqdm
 
-from llama_course.layers.checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 from llama_course.model import IGNORE_INDEX
+from llama_course.training.activation_checkpointing import CHECKPOINT_MODES, apply_activation_checkpointing
 from llama_course.training.batches import Batch, BlockSource, ShardedBatches, evaluation_batches
 from llama_course.training.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from llama_course.training.distributed import (

@@ -12,7 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from llama_course.grading.assertions import assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.layers.attention import eager_attention
-from llama_course.layers.checkpointing import rms_norm_backward
 from llama_course.layers.efficient_attention import (
     MemoryEfficientAttention,
     attention_backward_from_lse,
@@ -20,6 +19,7 @@ from llama_course.layers.efficient_attention import (
     blockwise_attention_backward,
     blockwise_attention_forward,
 )
+from llama_course.training.activation_checkpointing import rms_norm_backward
 
 EXERCISE = Exercise(chapter=6, name="06_efficient_attention", title="Memory-efficient causal attention")
 
