@@ -276,7 +276,7 @@ def test_cli_grades_a_partly_solved_notebook_with_a_crashing_cell_and_writes_jso
     jupytext.write(notebook, path)
     printed, data = run_cli([str(path), "--timeout", "2"], capsys)
     scores = {task["function"]: task["score"] for task in data["tasks"]}
-    assert scores == {"silu": 2, "swiglu_ffn": 0, "ffn_hidden_dim": 0}
+    assert scores == {"silu": 2, "swiglu_ffn": 0, "ffn_hidden_dim": 0, "worse_than_baseline": 0}
     assert any("a broken experiment cell" in note for note in data["notes"])
     assert f"Score: 2/{data['max_score']}" in printed
     assert "time limit" in printed and "no function named 'swiglu_ffn'" in printed
@@ -284,7 +284,7 @@ def test_cli_grades_a_partly_solved_notebook_with_a_crashing_cell_and_writes_jso
 
 def test_a_renamed_notebook_that_patches_the_grader_imports_the_answer_and_reads_the_environment_gets_zero(
         tmp_path, capsys, monkeypatch):
-    """The tricks of issue 18 on chapter 4 (15 points), in a notebook renamed as Colab downloads name it."""
+    """The tricks of issue 18 on chapter 4 (17 points), in a notebook renamed as Colab downloads name it."""
     monkeypatch.setenv(SECRET, "grader-only")
     notebook, code = student_cells("04_rope")
     code[1].source += (
@@ -312,8 +312,8 @@ def test_a_renamed_notebook_that_patches_the_grader_imports_the_answer_and_reads
     path = tmp_path / "Copy of my homework.ipynb"
     jupytext.write(notebook, path)
     printed, data = run_cli([str(path)], capsys)
-    assert (data["exercise"], data["score"], data["max_score"]) == ("04_rope", 0, 15)
-    assert printed.rstrip().endswith("Score: 0/15")
+    assert (data["exercise"], data["score"], data["max_score"]) == ("04_rope", 0, 17)
+    assert printed.rstrip().endswith("Score: 0/17")
     messages = {task["function"]: task["tests"][0]["message"] for task in data["tasks"]}
     assert "calls `llama_course.layers.rope.rope_angles`" in messages["rope_angles"]
     assert "calls `llama_course.layers.rope.apply_rope_interleaved`" in messages["apply_rope_interleaved"]
@@ -341,7 +341,7 @@ def test_a_notebook_that_rewrites_the_installed_checks_is_not_graded(tmp_path):
                              capture_output=True, text=True, timeout=600, cwd=tmp_path).stdout
     note = next(line for line in printed.splitlines() if line.startswith("note: the grader's files changed"))
     assert "llama_course/grading/checks/ex02_rmsnorm.py" in note and "ex00_planted.py" in note, printed
-    assert "not graded" in note and printed.rstrip().endswith("Score: 0/11"), printed
+    assert "not graded" in note and printed.rstrip().endswith("Score: 0/13"), printed
 
 
 def test_a_top_level_cell_that_ignores_ctrl_c_and_loops_is_stopped_at_the_time_limit(tmp_path, capsys):

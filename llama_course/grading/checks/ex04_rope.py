@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llama_course.experiments.ablation import load_results
+from llama_course.experiments.ablation import extension_summary, load_results
 from llama_course.grading.assertions import assert_number_close, assert_tensor_close
 from llama_course.grading.registry import Exercise
 from llama_course.layers.rope import (
@@ -138,4 +138,5 @@ EXERCISE.references("rope_angles", rope_angles)
 EXERCISE.references("apply_rope_interleaved", apply_rope_interleaved)
 EXERCISE.references("apply_rope_rotate_half", apply_rope_rotate_half)
 EXERCISE.references("permute_meta_to_hf", permute_meta_to_hf)
+EXERCISE.references("interpolation_gain", extension_summary)
 
