@@ -412,7 +412,7 @@ def plot_ablation(results: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     names = list(results["summary"])
-    fig, (loss_ax, time_ax) = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True,
+    fig, (loss_ax, time_ax) = plt.subplots(1, 2, figsize=(8, 0.45 * len(names) + 1.4), sharey=True,
                                            gridspec_kw={"width_ratios": [2, 1]})
     for row, name in enumerate(names):
         summary = results["summary"][name]
@@ -446,7 +446,7 @@ def plot_extension(results: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     block = results["sweep"]["settings"]["block_size"]
-    fig, (trained_ax, tuned_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, (trained_ax, tuned_ax) = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
     for name, records in results["runs"].items():
         curves = [record["extension"]["trained"] for record in records if "extension" in record]
         if curves:
