@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from llama_course.alignment.rejection import RejectionConfig, finetune_on_answers, sample_responses
-from llama_course.alignment.sft import load_base_model, load_sft_config
-from llama_course.alignment.sft_data import sft_conversations
+from llama_course.alignment.sft import load_base_model, load_sft_config, training_conversations
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.toyworld import generate_tasks, helpfulness
@@ -35,9 +34,7 @@ from llama_course.toyworld import generate_tasks, helpfulness
 
 def sft_replay(n: int) -> tuple[list[str], list[str]]:
     """The first `n` single-turn tasks of the shipped SFT model's own training mix, with their reference answers."""
-    data = load_sft_config(ASSETS_DIR / "sft" / "sft.toml").data
-    mix = sft_conversations(data.tasks, data.multi_turn, data.dialogues, data.safety, seed=data.seed,
-                            task_families=data.task_families)
+    mix = training_conversations(load_sft_config(ASSETS_DIR / "sft" / "sft.toml").data)
     pairs = [(m[0]["content"], m[1]["content"]) for m, source in zip(mix["messages"], mix["source"], strict=True)
              if source.startswith("task:")][:n]
     return [p for p, _ in pairs], [a for _, a in pairs]

@@ -9,7 +9,6 @@ import pytest
 from llama_course.experiments.safety import (
     ScalingConfig,
     evaluation_prompts,
-    false_refusals,
     is_violation,
     load_safety_results,
     scaling_data,
@@ -17,6 +16,7 @@ from llama_course.experiments.safety import (
 )
 from llama_course.toyworld import generate_safety_prompts, helpfulness, is_safety_prompt, safety
 from llama_course.toyworld.safety import _BORDERLINE, _BORDERLINE_ADDED, identify_borderline, sample_borderline_prompt
+from llama_course.toyworld.scoring import is_refusal
 
 SMALL = ScalingConfig(tasks=70, compliance_every=8, safety_pool=40, eval_unsafe=30, eval_borderline=30,
                       eval_tasks=20)
@@ -72,8 +72,9 @@ def test_a_violation_is_a_true_safety_score_rated_1_or_2():
 
 
 def test_false_refusals_are_refusals_of_harmless_requests():
-    assert false_refusals(["I will not help you with that.", "Yes, you can lie down on the grass.",
-                           "I cannot do it.", "I refuse.", "I will play."]) == [True, False, True, True, False]
+    responses = ["I will not help you with that.", "Yes, you can lie down on the grass.", "I cannot do it.",
+                 "I refuse.", "I will play."]
+    assert [is_refusal(r) for r in responses] == [True, False, True, True, False]
 
 
 def test_summary_means_and_differences_are_those_of_the_per_prompt_values():

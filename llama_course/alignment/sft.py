@@ -157,10 +157,16 @@ def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer
                             f"run, nor {RANDOM_BASE!r}; the base model ships once `llama-course pretrain` has run")
 
 
+def training_conversations(config: SFTDataConfig):
+    """The SFT training mix of `config` (a `datasets.Dataset` of conversations): same config, same rows."""
+    return sft_conversations(config.tasks, config.multi_turn, config.dialogues, config.safety, seed=config.seed,
+                             task_families=config.task_families)
+
+
 def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer):
     """Packed training blocks and answer-masked validation blocks (`datasets.Dataset`s), from the toy world."""
     counts = (config.tasks, config.multi_turn, config.dialogues, config.safety)
-    train = sft_conversations(*counts, seed=config.seed, task_families=config.task_families)
+    train = training_conversations(config)
     share = config.validation / max(1, config.tasks + config.multi_turn + config.dialogues + config.safety)
     held_out = sft_conversations(*(math.ceil(share * n) for n in counts), seed=config.seed + 1000,
                                  task_families=config.task_families)

@@ -13,8 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_course.alignment.sft import RESULTS_FILE, SFTConfig, export_model, load_base_model, run_sft
-from llama_course.alignment.sft_data import sft_conversations
+from llama_course.alignment.sft import (
+    RESULTS_FILE,
+    SFTConfig,
+    export_model,
+    load_base_model,
+    run_sft,
+    training_conversations,
+)
 from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
 from llama_course.training.metrics import read_metrics
 
@@ -24,9 +30,7 @@ SAMPLES_PER_FAMILY = 2
 
 def training_prompts(config: SFTConfig) -> set[str]:
     """Every user message of the SFT training mix of `config` (to keep evaluation prompts out of it)."""
-    data = config.data
-    conversations = sft_conversations(data.tasks, data.multi_turn, data.dialogues, data.safety, seed=data.seed,
-                                      task_families=data.task_families)
+    conversations = training_conversations(config.data)
     return {m["content"] for messages in conversations["messages"] for m in messages if m["role"] == "user"}
 
 

@@ -6,7 +6,6 @@ borderline prompts that share words with unsafe ones.
 
 import random
 
-from llama_course.experiments.safety import false_refusals
 from llama_course.grading.assertions import assert_equal, assert_number_close, raises_value_error
 from llama_course.grading.registry import Exercise
 from llama_course.toyworld.safety import is_safety_prompt, sample_borderline_prompt, sample_safety_prompt
@@ -56,7 +55,7 @@ def the_rate_counts_refusals_of_harmless_prompts_only(false_refusal_rate):
         prompts = [prompt for prompt, _ in rows]
         responses = [rng.choice(answers + ["I will not help you with that."]) for _, answers in rows]
         harmless = [not is_safety_prompt(p) for p in prompts]
-        refused = false_refusals(responses)
+        refused = [reference_refusal(r) for r in responses]
         expected = sum(r for r, h in zip(refused, harmless, strict=True) if h) / sum(harmless)
         got = false_refusal_rate(list(prompts), list(responses), is_safety_prompt)
         assert_number_close(got, expected,
@@ -76,4 +75,4 @@ def a_hand_made_case_and_bad_input(false_refusal_rate):
 
 
 EXERCISE.references("is_refusal", reference_refusal)
-EXERCISE.references("false_refusal_rate", false_refusals, reference_refusal)
+EXERCISE.references("false_refusal_rate", reference_refusal)
