@@ -201,3 +201,13 @@ def test_config_derives_steps_from_epochs_and_rejects_bad_keys(tmp_path):
     resolved = config_from_args(args)
     assert (resolved.base, resolved.epochs, resolved.data.block_size) == (RANDOM_BASE, 1.0, 128)
     assert resolved.trainer.lr == 5e-4 and resolved.data.answers_only is False and resolved.data.document_masking
+
+
+def test_careless_share_changes_only_task_answers_and_zero_keeps_the_mix():
+    clean = sft_conversations(40, 6, 4, 4, seed=3)
+    assert sft_conversations(40, 6, 4, 4, seed=3, careless=0.0)["messages"] == clean["messages"]
+    sloppy = sft_conversations(40, 6, 4, 4, seed=3, careless=1.0)
+    changed = [s for a, b, s in zip(clean["messages"], sloppy["messages"], clean["source"], strict=True) if a != b]
+    assert len(changed) >= 40 and all(s.startswith("task:") or s == "multi_turn" for s in changed)
+    for a, b in zip(clean["messages"], sloppy["messages"], strict=True):
+        assert [m["content"] for m in a if m["role"] == "user"] == [m["content"] for m in b if m["role"] == "user"]

@@ -102,3 +102,30 @@ def test_bad_annotator_settings_are_errors():
         Annotator(noise_scale=2)
     with pytest.raises(ValueError, match="n=-1"):
         generate_preferences(-1)
+
+
+def test_careless_demonstrations_slip_at_the_asked_rate_with_mistakes_and_padding():
+    import random
+
+    from llama_course.toyworld import generate_tasks
+    from llama_course.toyworld.annotators import write_demonstration
+
+    tasks = generate_tasks(2000, seed=5)
+    rng = random.Random(0)
+    written = [write_demonstration(t["prompt"], t["answer"], 0.3, rng) for t in tasks]
+    slips = [(t, w) for t, w in zip(tasks, written, strict=True) if w != t["answer"]]
+    padded = [w for t, w in slips if w.startswith(t["answer"] + " ")]
+    # A slip that happens to equal the reference (a corruption cannot) is impossible, so the rate is exact.
+    assert abs(len(slips) / len(tasks) - 0.3) < 0.03
+    assert abs(len(padded) / len(slips) - 0.5) < 0.06
+    mistakes = [(t, w) for t, w in slips if not w.startswith(t["answer"] + " ")]
+    # Every reference scores 1.0; measured (seed 0): padding keeps 0.67 of it on average, a mistake 0.31.
+    assert all(helpfulness(t["prompt"], t["answer"]) == 1.0 for t, _ in slips)
+    assert 0.55 < sum(helpfulness(t["prompt"], w) for t, w in slips if w in padded) / len(padded) < 0.8
+    assert 0.2 < sum(helpfulness(t["prompt"], w) for t, w in mistakes) / len(mistakes) < 0.4
+    # careless=0 draws no random number and returns the reference.
+    untouched = random.Random(1)
+    assert write_demonstration(tasks[0]["prompt"], tasks[0]["answer"], 0.0, untouched) == tasks[0]["answer"]
+    assert untouched.random() == random.Random(1).random()
+    with pytest.raises(ValueError, match="careless=1.5"):
+        write_demonstration(tasks[0]["prompt"], tasks[0]["answer"], 1.5, rng)

@@ -58,6 +58,7 @@ class SFTDataConfig:
     validation: int = 200  # held-out conversations (same mix, another seed) for the validation loss
     seed: int = 0
     task_families: list[str] | None = None  # None: every family of toyworld.tasks
+    careless: float = 0.0  # share of task demonstrations with an annotator's slip (mistake or padding)
     block_size: int = 256  # tokens per packed block; longer conversations lose their last turns
     document_masking: bool = True  # conversations in a block do not attend to each other; positions restart
     answers_only: bool = True  # the paper's prompt-masked loss; False: loss on every token (the ablation)
@@ -68,6 +69,8 @@ class SFTDataConfig:
             raise ValueError(f"data.block_size={self.block_size} is too small for a chat turn; use >= 64")
         if self.overlong not in OVERLONG_POLICIES:
             raise ValueError(f"data.overlong={self.overlong!r} is unknown; choose one of {OVERLONG_POLICIES}")
+        if not 0.0 <= self.careless <= 1.0:
+            raise ValueError(f"data.careless={self.careless!r} must be a probability in [0, 1]")
         if self.tasks + self.multi_turn + self.dialogues + self.safety < 1:
             raise ValueError("the SFT mix is empty: set data.tasks, multi_turn, dialogues or safety above 0")
 
@@ -160,7 +163,7 @@ def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer
 def training_conversations(config: SFTDataConfig):
     """The SFT training mix of `config` (a `datasets.Dataset` of conversations): same config, same rows."""
     return sft_conversations(config.tasks, config.multi_turn, config.dialogues, config.safety, seed=config.seed,
-                             task_families=config.task_families)
+                             task_families=config.task_families, careless=config.careless)
 
 
 def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer):

@@ -40,11 +40,14 @@ def sft_conversations(
     n_safety: int,
     seed: int = 0,
     task_families: Sequence[str] | None = None,
+    careless: float = 0.0,
 ) -> datasets.Dataset:
     """The toy world's SFT mix as a `datasets.Dataset` with columns `messages` and `source`. Same seed, same rows.
 
     - `n_tasks` single-turn instruction tasks (`generate_tasks`, of `task_families` or all families), no
       system message; source "task:<family>";
+    - with `careless` > 0, that share of the task answers (single-turn and in chats) is an annotator's slip
+      instead of the reference: a mistake or filler padding (`toyworld.annotators.write_demonstration`);
     - `n_multi_turn` chats of 2 to 4 such tasks in a row, no system message; source "multi_turn";
     - `n_dialogues` dialogues whose system message states constraints that every answer follows
       (`generate_dialogues`, 2 to 4 turns); source "dialogue";
@@ -52,12 +55,17 @@ def sft_conversations(
       or a helpful answer); source "safety:<category>".
     """
     from llama_course.toyworld import generate_dialogues, generate_safety_prompts, generate_tasks
+    from llama_course.toyworld.annotators import write_demonstration
 
     for name, value in (("n_tasks", n_tasks), ("n_multi_turn", n_multi_turn), ("n_dialogues", n_dialogues),
                         ("n_safety", n_safety)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0")
     rows: dict[str, list[Any]] = {"messages": [], "source": []}
+    writer = random.Random(seed + 4)  # the annotators' slips; drawn from only when careless > 0
+
+    def demonstration(task: Mapping[str, str]) -> list[dict[str, str]]:
+        return _exchange(task["prompt"], write_demonstration(task["prompt"], task["answer"], careless, writer))
 
     def add(messages: list[dict[str, str]], source: str) -> None:
         rows["messages"].append(messages)
@@ -65,14 +73,14 @@ def sft_conversations(
 
     if n_tasks:
         for task in generate_tasks(n_tasks, seed=seed, families=task_families):
-            add(_exchange(task["prompt"], task["answer"]), f"task:{task['category']}")
+            add(demonstration(task), f"task:{task['category']}")
     if n_multi_turn:
         lengths = random.Random(seed + 1).choices(range(2, 5), k=n_multi_turn)
         chained = generate_tasks(sum(lengths), seed=seed + 1, families=task_families)
         start = 0
         for length in lengths:
             turns = chained.select(range(start, start + length))
-            add([m for task in turns for m in _exchange(task["prompt"], task["answer"])], "multi_turn")
+            add([m for task in turns for m in demonstration(task)], "multi_turn")
             start += length
     if n_dialogues:
         for dialogue in generate_dialogues(n_dialogues, seed=seed + 2, n_turns=(2, 4)):

@@ -20,7 +20,7 @@ import datasets
 from llama_course.toyworld.rewards import helpfulness, safety
 from llama_course.toyworld.safety import sample_safety_prompt
 from llama_course.toyworld.stories import check_count
-from llama_course.toyworld.tasks import FAMILIES
+from llama_course.toyworld.tasks import FAMILIES, identify_task
 
 STRENGTHS = ("significantly better", "better", "slightly better", "negligibly better / unsure")
 # A score gap of at least 0.5 is "significantly better", at least 0.25 "better", at least 0.1 "slightly".
@@ -92,11 +92,37 @@ class Annotator:
         return self.score(prompt, response), secondary
 
 
+def padded(answer: str, rng: random.Random) -> str:
+    """`answer` followed by two to four filler sentences (the length factor of `scoring.py` prices them)."""
+    return " ".join([answer, *rng.sample(_FILLERS, rng.randint(2, 4))])
+
+
 def candidate_responses(prompt: str, reference: str, worse: list[str], rng: random.Random) -> list[str]:
     """Responses of graded quality to one prompt: the reference, worse answers, padded, looping, refusing."""
-    padded = " ".join([reference, *rng.sample(_FILLERS, rng.randint(2, 4))])
     looping = " ".join([reference] * rng.randint(3, 5))
-    return [reference, *worse, padded, looping, "I will not help you with that.", "I do not know."]
+    return [reference, *worse, padded(reference, rng), looping, "I will not help you with that.", "I do not know."]
+
+
+def write_demonstration(prompt: str, reference: str, careless: float, rng: random.Random) -> str:
+    """A demonstration an annotator writes for a task prompt, for SFT: the reference answer, except that with
+    probability `careless` the writer slips, half the time with a mistake of the task's kind (its family's
+    `corrupt`) and half the time with the right answer padded by filler sentences.
+
+    Llama 2 found its SFT data's quality uneven across annotators (section 3.1) and argues that RLHF goes
+    beyond the demonstrations because annotators compare answers better than they write them (section 5.1);
+    the toy annotators' demonstrations are perfect unless `careless` > 0. No random number is drawn at 0.
+    """
+    if not 0.0 <= careless <= 1.0:
+        raise ValueError(f"careless={careless!r} must be a probability in [0, 1]")
+    if careless == 0.0 or rng.random() >= careless:
+        return reference
+    if rng.random() < 0.5:
+        found = identify_task(prompt)
+        if found is None:
+            raise ValueError(f"prompt={prompt[:60]!r} is not a task prompt: only task demonstrations are written carelessly")
+        family, solution = found
+        return family.corrupt(solution, rng)
+    return padded(reference, rng)
 
 
 def _task_candidates(rng: random.Random) -> tuple[str, str, list[str]]:
