@@ -47,7 +47,7 @@ SUBCOMMAND_MODULES = [
     ("rlhf", "llama_course.commands.rlhf",
      "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),
     ("safety", "llama_course.commands.safety",
-     "safety data scaling: violations on unsafe and false refusals on borderline requests vs the safety share"),
+     "safety (chapter 16): safety data scaling and false refusal; context distillation (distill)"),
     ("evaluate", "llama_course.evaluation.cli",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
     ("reproduce", "llama_course.reproduce",

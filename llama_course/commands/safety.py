@@ -1,11 +1,13 @@
-"""`llama-course safety`: safety data scaling and false refusal (chapter 16).
+"""`llama-course safety [PART]`: chapter 16's safety experiments, one part at a time.
 
-    llama-course safety --results llama_course/assets/safety_results.json
+    llama-course safety --seeds 0 1 2 --results llama_course/assets/safety_results.json
+    llama-course safety distill --seeds 0 1 2 --results llama_course/assets/safety_distillation_results.json
 
-fine-tunes the base model on the fixed helpfulness data plus 0%, 10%, 25%, 50% and 100% of the safety
-data, for each seed, measures every model on held-out unsafe, borderline and task prompts, and writes the
-results with 95% intervals. Every model's measurement is kept under `--output-dir` as it finishes: rerun
-the same command to resume.
+`scaling` (the default part) fine-tunes the SFT model on the fixed helpfulness data plus 0%, 10%, 25%, 50% and
+100% of the safety data, for each seed; `distill` distils the 0% model of each seed with a plain and a
+targeted safety preprompt (context distillation). Each model is measured on held-out unsafe, borderline and
+task prompts and the results are written with 95% intervals. Every model's measurement is kept under
+`--output-dir` (`scaling/` and `distill/`) as it finishes: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from llama_course.experiments.safety import ScalingConfig, run_scaling
+from llama_course.experiments.safety_distillation import DistillationConfig, run_distillation
+
+PARTS = ("scaling", "distill")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = ScalingConfig()
+    defaults, distill = ScalingConfig(), DistillationConfig()
+    parser.add_argument("part", nargs="?", choices=PARTS, default="scaling",
+                        help="which experiment: safety data scaling (default) or context distillation")
     parser.add_argument("--base", default=defaults.base, help="model every mix fine-tunes (see load_base_model)")
-    parser.add_argument("--output-dir", default="runs/safety", help="run directory (resumable: one folder per model)")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/safety"),
+                        help="run directory (resumable: one folder per model)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment seeds (data and training)")
     parser.add_argument("--tasks", type=int, default=defaults.tasks, help="single-turn tasks of the helpfulness data")
     parser.add_argument("--compliance-every", type=int, default=defaults.compliance_every,
@@ -30,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--safety-pool", type=int, default=defaults.safety_pool,
                         help="unsafe requests with safe answers: the 100%% safety data")
     parser.add_argument("--fractions", type=float, nargs="+", default=defaults.fractions,
-                        help="shares of the safety pool, each a fine-tuned model")
+                        help="shares of the safety pool, each a fine-tuned model (scaling)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over each mix's blocks")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per step")
@@ -39,19 +48,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out borderline requests (distinct)")
     parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks, help="held-out single-turn tasks")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="answer length limit")
+    for kind in ("unsafe", "borderline", "tasks"):
+        parser.add_argument(f"--distill-{kind}", type=int, default=getattr(distill, kind),
+                            help=f"{kind} prompts answered with a preprompt (distill)")
     parser.add_argument("--results", type=Path, help="write the results (with 95%% intervals) as JSON here")
+
+
+def _interval(metric: dict[str, Any]) -> str:
+    mean = metric["mean"]
+    return f"{mean['rate']:.3f} [{mean['low']:.3f}, {mean['high']:.3f}]"
 
 
 def run(args: argparse.Namespace) -> None:
     fields = {field.name for field in dataclasses.fields(ScalingConfig)}
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()
               if key in fields}
+    scaling = ScalingConfig(**values)
     start = time.time()
-    results = run_scaling(ScalingConfig(**values), args.seeds, args.output_dir)
-    for fraction, metrics in results["summary"].items():
-        print(f"safety data {float(fraction):>4.0%}: " + ", ".join(
-            f"{name} {m['mean']['rate']:.3f} [{m['mean']['low']:.3f}, {m['mean']['high']:.3f}]"
-            for name, m in metrics.items()))
+    if args.part == "scaling":
+        results = run_scaling(scaling, args.seeds, args.output_dir / "scaling")
+        rows = {f"safety data {float(fraction):>4.0%}": metrics for fraction, metrics in results["summary"].items()}
+    else:
+        config = DistillationConfig(scaling=scaling, unsafe=args.distill_unsafe, borderline=args.distill_borderline,
+                                    tasks=args.distill_tasks, epochs=args.epochs, lr=args.lr,
+                                    batch_size=args.batch_size)
+        results = run_distillation(config, args.seeds, args.output_dir)
+        rows = {f"distillation {variant:>8}": metrics for variant, metrics in results["summary"].items()}
+    for label, metrics in rows.items():
+        print(f"{label}: " + ", ".join(f"{name} {_interval(metric)}" for name, metric in metrics.items()))
     print(f"{time.time() - start:.0f} s")
     if args.results is not None:
         args.results.write_text(json.dumps(results, indent=1) + "\n")

@@ -57,6 +57,7 @@ COMMAND = "llama-course safety --results llama_course/assets/safety_results.json
 MEASUREMENT_FILE = "measurement.json"
 EVAL_SEED = 16_000  # held-out prompts: another seed, every training prompt removed
 SAMPLE_ANSWERS = 3  # answers per set kept in the results for the chapter to show
+METRICS = ("violation", "unsafe_refusal", "false_refusal", "task_helpfulness")  # `measure`'s per-prompt values
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class ScalingConfig:
         return dataclasses.asdict(self)
 
 
-def _unsafe_requests(n: int, rng: random.Random, exclude: set[str]) -> list[tuple[str, str, str]]:
+def unsafe_requests(n: int, rng: random.Random, exclude: set[str]) -> list[tuple[str, str, str]]:
     """`n` distinct unsafe requests not in `exclude`: (prompt, safe answer, compliance)."""
     found: dict[str, tuple[str, str, str]] = {}
     for _ in range(100 * n):
@@ -108,8 +109,8 @@ def scaling_data(config: ScalingConfig, seed: int) -> dict[str, list[list[str]]]
     tasks = generate_tasks(config.tasks, seed=seed)
     n_compliance = config.tasks // (config.compliance_every - 1)
     rng = random.Random(seed)
-    compliance = _unsafe_requests(n_compliance, rng, set())
-    pool = _unsafe_requests(config.safety_pool, rng, {prompt for prompt, _, _ in compliance})
+    compliance = unsafe_requests(n_compliance, rng, set())
+    pool = unsafe_requests(config.safety_pool, rng, {prompt for prompt, _, _ in compliance})
     helpful = [[p, a] for p, a in zip(tasks["prompt"], tasks["answer"], strict=True)]
     helpful += [[prompt, complied] for prompt, _, complied in compliance]
     return {"helpfulness": random.Random(seed + 1).sample(helpful, len(helpful)),
@@ -127,7 +128,7 @@ def evaluation_prompts(config: ScalingConfig, exclude: set[str]) -> dict[str, li
     else:
         raise ValueError(f"eval_borderline={config.eval_borderline} exceeds the distinct borderline requests found")
     tasks = [p for p in generate_tasks(3 * config.eval_tasks, seed=EVAL_SEED)["prompt"] if p not in exclude]
-    return {"unsafe": [p for p, _, _ in _unsafe_requests(config.eval_unsafe, rng, exclude)],
+    return {"unsafe": [p for p, _, _ in unsafe_requests(config.eval_unsafe, rng, exclude)],
             "borderline": list(borderline), "tasks": tasks[: config.eval_tasks]}
 
 
@@ -179,8 +180,7 @@ def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]], ad
     and the paired difference of every share against the first share (0% safety data). `added` marks the
     borderline prompts of templates no course data set uses: false refusals are also given apart for them
     (`false_refusal_added`) and for the templates of the SFT data (`false_refusal_sft`)."""
-    metrics = ("violation", "unsafe_refusal", "false_refusal", "task_helpfulness")
-    stacked = {f: {m: np.array([run[m] for run in runs[f]]) for m in metrics} for f in config.fractions}
+    stacked = {f: {m: np.array([run[m] for run in runs[f]]) for m in METRICS} for f in config.fractions}
     mask = np.array(added, dtype=bool)
     if mask.shape != stacked[config.fractions[0]]["false_refusal"].shape[1:] or mask.all() or not mask.any():
         raise ValueError(f"added marks {mask.sum()} of {mask.size} borderline prompts: it needs one flag per "
@@ -188,18 +188,24 @@ def summarize(config: ScalingConfig, runs: dict[float, list[dict[str, Any]]], ad
     for values in stacked.values():
         values["false_refusal_added"] = values["false_refusal"][:, mask]
         values["false_refusal_sft"] = values["false_refusal"][:, ~mask]
-    metrics += ("false_refusal_added", "false_refusal_sft")
+    metrics = METRICS + ("false_refusal_added", "false_refusal_sft")
     first = config.fractions[0]
     return {f"{f:g}": {m: {"mean": bootstrap_mean(stacked[f][m]).as_dict(),
                            f"difference_vs_{first:g}": bootstrap_mean(stacked[f][m] - stacked[first][m]).as_dict()}
                        for m in metrics} for f in config.fractions}
 
 
-def run_scaling(config: ScalingConfig, seeds: Sequence[int], output_dir: str | Path) -> dict[str, Any]:
-    """Every (seed, share) model, resumably, then the results file's dict: config, summary, per-prompt values."""
+def scaling_prompts(config: ScalingConfig, seeds: Sequence[int]
+                    ) -> tuple[dict[int, dict[str, list[list[str]]]], dict[str, list[str]]]:
+    """Each seed's training pairs (`scaling_data`) and the held-out prompts none of them uses."""
     per_seed = {seed: scaling_data(config, seed) for seed in seeds}
     seen = {p for data in per_seed.values() for pairs in data.values() for p, _ in pairs}
-    prompts = evaluation_prompts(config, seen)
+    return per_seed, evaluation_prompts(config, seen)
+
+
+def run_scaling(config: ScalingConfig, seeds: Sequence[int], output_dir: str | Path) -> dict[str, Any]:
+    """Every (seed, share) model, resumably, then the results file's dict: config, summary, per-prompt values."""
+    per_seed, prompts = scaling_prompts(config, seeds)
     runs: dict[float, list[dict[str, Any]]] = {f: [] for f in config.fractions}
     jobs = [(seed, f) for seed in seeds for f in config.fractions]
     for seed, fraction in tqdm(jobs, desc="safety data scaling", unit="model"):
