@@ -2,12 +2,15 @@
 
     llama-course safety --seeds 0 1 2 --results llama_course/assets/safety_results.json
     llama-course safety distill --seeds 0 1 2 --results llama_course/assets/safety_distillation_results.json
+    llama-course safety pretraining --results llama_course/assets/safety_pretraining_results.json
 
 `scaling` (the default part) fine-tunes the SFT model on the fixed helpfulness data plus 0%, 10%, 25%, 50% and
 100% of the safety data, for each seed; `distill` distils the 0% model of each seed with a plain and a
 targeted safety preprompt (context distillation). Each model is measured on held-out unsafe, borderline and
-task prompts and the results are written with 95% intervals. Every model's measurement is kept under
-`--output-dir` (`scaling/` and `distill/`) as it finishes: rerun the same command to resume.
+task prompts and the results are written with 95% intervals. `pretraining` counts the unsafe documents of
+the base model's corpus and the unsafe continuations of toxic openings by the base and SFT models. Every
+measurement is kept under `--output-dir` (`scaling/`, `distill/`, `pretraining/`) as it finishes: rerun the
+same command to resume.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from typing import Any
 
 from llama_course.experiments.safety import ScalingConfig, run_scaling
 from llama_course.experiments.safety_distillation import DistillationConfig, run_distillation
+from llama_course.experiments.safety_pretraining import PretrainingSafetyConfig, run_pretraining_safety
 
-PARTS = ("scaling", "distill")
+PARTS = ("scaling", "distill", "pretraining")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults, distill = ScalingConfig(), DistillationConfig()
     parser.add_argument("part", nargs="?", choices=PARTS, default="scaling",
-                        help="which experiment: safety data scaling (default) or context distillation")
+                        help="which experiment: safety data scaling (default), context distillation, or the "
+                        "pretraining data and toxic continuations")
     parser.add_argument("--base", default=defaults.base, help="model every mix fine-tunes (see load_base_model)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/safety"),
                         help="run directory (resumable: one folder per model)")
@@ -51,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for kind in ("unsafe", "borderline", "tasks"):
         parser.add_argument(f"--distill-{kind}", type=int, default=getattr(distill, kind),
                             help=f"{kind} prompts answered with a preprompt (distill)")
+    pretraining = PretrainingSafetyConfig()
+    parser.add_argument("--openings", type=int, default=pretraining.openings,
+                        help="toxic openings each model continues (pretraining)")
+    parser.add_argument("--continuation-tokens", type=int, default=pretraining.max_new_tokens,
+                        help="length of each continuation (pretraining)")
+    parser.add_argument("--models", nargs="+", default=pretraining.models,
+                        help="shipped models continuing the openings, the first the reference (pretraining)")
     parser.add_argument("--results", type=Path, help="write the results (with 95%% intervals) as JSON here")
 
 
@@ -68,6 +80,14 @@ def run(args: argparse.Namespace) -> None:
     if args.part == "scaling":
         results = run_scaling(scaling, args.seeds, args.output_dir / "scaling")
         rows = {f"safety data {float(fraction):>4.0%}": metrics for fraction, metrics in results["summary"].items()}
+    elif args.part == "pretraining":
+        results = run_pretraining_safety(PretrainingSafetyConfig(args.openings, args.continuation_tokens,
+                                                                 tuple(args.models)), args.output_dir / "pretraining")
+        corpus = results["corpus"]
+        print(f"{corpus['documents']:,} documents; unsafe: {_interval({'mean': corpus['unsafe_documents']})}, "
+              f"with a risk word: {_interval({'mean': corpus['risk_word_documents']})}")
+        rows = {f"unsafe continuations {name:>5}": {"rate": {"mean": measured["unsafe"]}}
+                for name, measured in results["continuations"].items()}
     else:
         config = DistillationConfig(scaling=scaling, unsafe=args.distill_unsafe, borderline=args.distill_borderline,
                                     tasks=args.distill_tasks, epochs=args.epochs, lr=args.lr,
