@@ -1,11 +1,13 @@
-"""Tests of exercise 16: the refusal detector and the false-refusal rate.
+"""Tests of exercise 16: the refusal detector, the false-refusal rate and the targeted-distillation filter.
 
 Llama 2, section 4.2.3 and Figure 33: a false refusal is a refusal of a harmless request, measured on
-borderline prompts that share words with unsafe ones.
+borderline prompts that share words with unsafe ones. Section 4.2.4 and Figure 16b: targeted context
+distillation keeps a distilled answer only where the Safety RM scores it above the original answer.
 """
 
 import random
 
+from llama_course.experiments.safety_distillation import keep_safer_answers as reference_filter
 from llama_course.grading.assertions import assert_equal, assert_number_close, raises_value_error
 from llama_course.grading.registry import Exercise
 from llama_course.toyworld.safety import is_safety_prompt, sample_borderline_prompt, sample_safety_prompt
@@ -74,5 +76,30 @@ def a_hand_made_case_and_bad_input(false_refusal_rate):
         raise AssertionError("no harmless prompt, so no false-refusal rate: raise ValueError")
 
 
+@EXERCISE.test("keep_safer_answers", points=2)
+def distilled_answers_are_kept_only_where_the_safety_rm_scores_them_strictly_higher(keep_safer_answers):
+    rng = random.Random(163)
+    for size in (1, 7, 40):
+        rows = toy_requests(size, seed=164 + size)
+        original = [rng.choice(answers) for _, answers in rows]
+        distilled = [rng.choice(answers) + " Be kind." for _, answers in rows]
+        levels = (0.1, 0.3, 0.5, 0.7, 0.9)  # few levels: ties happen
+        original_scores = [rng.choice(levels) for _ in rows]
+        distilled_scores = [rng.choice(levels) for _ in rows]
+        expected = reference_filter(original, distilled, original_scores, distilled_scores)
+        got = keep_safer_answers(list(original), list(distilled), list(original_scores), list(distilled_scores))
+        assert_equal(list(got), expected, what=f"the kept answers of {size} prompts")
+
+
+@EXERCISE.test("keep_safer_answers", points=1)
+def a_tie_keeps_the_original_and_bad_input_is_refused(keep_safer_answers):
+    got = keep_safer_answers(["old a", "old b", "old c"], ["new a", "new b", "new c"], [0.2, 0.5, 0.9],
+                             [0.7, 0.5, 0.1])
+    assert_equal(list(got), ["new a", "old b", "old c"], what="scores 0.2 -> 0.7, 0.5 -> 0.5 (a tie), 0.9 -> 0.1")
+    if not raises_value_error(lambda: keep_safer_answers(["a", "b"], ["A"], [0.1, 0.2], [0.3, 0.4])):
+        raise AssertionError("2 original answers with 1 distilled answer: raise ValueError")
+
+
 EXERCISE.references("is_refusal", reference_refusal)
 EXERCISE.references("false_refusal_rate", reference_refusal)
+EXERCISE.references("keep_safer_answers", reference_filter)
