@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from llama_course.alignment.rejection import RejectionConfig, finetune_on_answers, sample_responses
+from llama_course.alignment.reward import score_responses
+from llama_course.alignment.reward_train import load_reward_model
 from llama_course.alignment.sft import load_base_model, load_sft_config, training_conversations
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.pretrained import ASSETS_DIR
@@ -40,6 +42,11 @@ def sft_replay(n: int) -> tuple[list[str], list[str]]:
     return [p for p, _ in pairs], [a for _, a in pairs]
 
 
+def run_name(args: argparse.Namespace, prompts: int, lr: float, epochs: float) -> str:
+    picker = Path(args.rm or "truth").name
+    return f"runs/rs-ceiling-{Path(args.policy).name}-{picker}-{prompts}-{lr}-{epochs}-replay-{args.replay}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -48,17 +55,23 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--setting", action="append", default=None, metavar="PROMPTS:LR:EPOCHS")
     parser.add_argument("--cache", type=Path, default=Path("runs/rs-ceiling-samples.json"))
+    parser.add_argument("--rm", default=None, help="pick by this reward model (shipped name or folder), not the truth")
+    parser.add_argument("--policy", default="sft", help="the policy: a shipped model name or an exported folder")
     parser.add_argument("--replay", type=int, default=0,
                         help="also fine-tune on this many tasks of the SFT model's own training data (seen before)")
     args = parser.parse_args()
     settings = [tuple(float(x) for x in s.split(":")) for s in (args.setting or ["6000:1e-4:2", "6000:5e-4:2",
                                                                                "1500:5e-4:2", "6000:1e-3:2"])]
-    policy, tokenizer = load_base_model("sft")
+    policy, tokenizer = load_base_model(args.policy)
     held_out = list(generate_tasks(300, seed=424_242)["prompt"])
 
     def truth(model) -> torch.Tensor:
+        """Per held-out task: greedy helpfulness, and the mean over 4 samples at the sampling temperature."""
         answers = answer_prompts(model, tokenizer, held_out, max_new_tokens=48)
-        return torch.tensor([helpfulness(p, a) for p, a in zip(held_out, answers, strict=True)])
+        greedy = [helpfulness(p, a) for p, a in zip(held_out, answers, strict=True)]
+        drawn = sample_responses(model, tokenizer, held_out, 4, args.temperature, max_new_tokens=48, seed=7)
+        sampled = [sum(helpfulness(p, a) for a in row) / len(row) for p, row in zip(held_out, drawn, strict=True)]
+        return torch.tensor([greedy, sampled])
 
     if args.cache.is_file():
         prompts, samples = json.loads(args.cache.read_text())
@@ -68,22 +81,38 @@ def main() -> None:
                                    seed=6)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         args.cache.write_text(json.dumps([prompts, samples]))
-    best = [max(row, key=lambda answer, p=p: helpfulness(p, answer)) for p, row in zip(prompts, samples, strict=True)]
+    if args.rm is None:
+        best = [max(row, key=lambda answer, p=p: helpfulness(p, answer))
+                for p, row in zip(prompts, samples, strict=True)]
+    else:
+        rm, _ = load_reward_model(args.rm)
+        flat = [answer for row in samples for answer in row]
+        kept = [i for i, answer in enumerate(flat) if answer.strip()]
+        scores = torch.full((len(flat),), -1e9)  # an empty answer is never picked
+        scores[kept] = score_responses(rm, tokenizer, [prompts[i // args.samples] for i in kept],
+                                       [flat[i] for i in kept])
+        picks = scores.view(len(prompts), args.samples).argmax(dim=1).tolist()
+        best = [row[i] for row, i in zip(samples, picks, strict=True)]
     base = truth(policy)
-    result = {"sft": float(base.mean()), "held_out": len(held_out), "samples": args.samples,
+    result = {"policy": args.policy, "picker": args.rm or "truth", "sft": float(base[0].mean()),
+              "sft_sampled": float(base[1].mean()), "held_out": len(held_out), "samples": args.samples,
               "kept_truth": sum(helpfulness(p, a) for p, a in zip(prompts, best, strict=True)) / len(prompts),
               "replay": args.replay, "settings": []}
     replay_prompts, replay_answers = sft_replay(args.replay) if args.replay else ([], [])
     for n, lr, epochs in settings:
-        model, _ = load_base_model("sft")
+        model, _ = load_base_model(args.policy)
         config = RejectionConfig(samples=args.samples, temperature=args.temperature, epochs=epochs, lr=lr)
         tuned = finetune_on_answers(model, tokenizer, prompts[: int(n)] + replay_prompts,
                                     best[: int(n)] + replay_answers, config,
-                                    f"runs/rs-ceiling-{int(n)}-{lr}-{epochs}-replay-{args.replay}", 0)
+                                    run_name(args, int(n), lr, epochs), 0)
         difference = truth(tuned) - base
         result["settings"].append({"prompts": int(n), "lr": lr, "epochs": epochs,
-                                   "after": float((base + difference).mean()), "difference": float(difference.mean()),
-                                   "standard_error": float(difference.std() / len(difference) ** 0.5)})
+                                   "after": float((base + difference)[0].mean()),
+                                   "difference": float(difference[0].mean()),
+                                   "standard_error": float(difference[0].std() / len(held_out) ** 0.5),
+                                   "sampled_after": float((base + difference)[1].mean()),
+                                   "sampled_difference": float(difference[1].mean()),
+                                   "sampled_standard_error": float(difference[1].std() / len(held_out) ** 0.5)})
         print(json.dumps(result["settings"][-1]), flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -94,6 +94,7 @@ class RLHFConfig:
     ppo: dict[str, Any] = field(default_factory=lambda: {"iterations": 40})  # `PPOConfig` overrides
     eval_tasks: int = 300  # held-out task prompts (the same for every seed)
     eval_safety: int = 100  # held-out safety prompts, about half unsafe and half borderline
+    eval_samples: int = 4  # also sampled answers per held-out prompt at rs_temperature: the chat model as used
     capture_prompts: int = 200  # held-out task prompts for the best-of-N capture
     capture_samples: int = 16  # K samples per prompt; best-of-N for N <= K is computed exactly
     capture_n: int = 8
@@ -103,8 +104,8 @@ class RLHFConfig:
 
     def __post_init__(self) -> None:
         for name in ("rounds", "toy_pairs", "helpfulness_prompts", "safety_prompts", "new_pair_prompts", "rs_prompts",
-                     "rs_samples", "eval_tasks", "eval_safety", "capture_prompts", "capture_samples", "capture_n",
-                     "max_new_tokens", "rm_batch_size"):
+                     "rs_samples", "eval_tasks", "eval_safety", "eval_samples", "capture_prompts", "capture_samples",
+                     "capture_n", "max_new_tokens", "rm_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -151,27 +152,37 @@ def true_order_accuracy(model: RewardModel, tokenizer: Tokenizer, pairs: dataset
     return torch.where(chosen == rejected, 0.5, correct).tolist()
 
 
-def measure_policy(policy: Llama, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int
+def measure_policy(policy: Llama, tokenizer: Tokenizer, prompts: Sequence[str], config: RLHFConfig, seed: int
                    ) -> dict[str, list[float]]:
-    """Greedy answers to `prompts`, scored by the toy world's truth, one value per prompt in each list:
-    `helpfulness`, `safety`, `refuses`, `harmful`, and the prompt's kind (`is_safety`, `borderline`)."""
-    answers = answer_prompts(policy, tokenizer, list(prompts), max_new_tokens=max_new_tokens)
+    """Answers to `prompts` scored by the toy world's truth, one value per prompt in each list: greedy
+    `helpfulness`, `safety`, `refuses`, `harmful`; their means over `config.eval_samples` answers sampled at
+    `config.rs_temperature` (`sampled_helpfulness`, ...; `seed`: every version samples with the same seed);
+    and the prompt's kind (`is_safety`, `borderline`)."""
+    answers = answer_prompts(policy, tokenizer, list(prompts), max_new_tokens=config.max_new_tokens)
     truth = true_scores(prompts, answers)
+    samples = sample_responses(policy, tokenizer, prompts, config.eval_samples, config.rs_temperature,
+                               max_new_tokens=config.max_new_tokens, seed=seed)
+    sampled = true_scores([p for p in prompts for _ in range(config.eval_samples)], [a for row in samples for a in row])
+    truth |= {f"sampled_{name}": sampled[name].view(len(prompts), -1).mean(dim=1)
+              for name in ("helpfulness", "safety", "refuses", "harmful")}
     borderline = [float(identify_borderline(p) is not None) for p in prompts]
     return {name: [round(v, 4) for v in values.tolist()] for name, values in truth.items()} | {
         "borderline": borderline, "answers": answers}
 
 
 def summarize_policy(values: dict[str, list[float]]) -> dict[str, float]:
-    """Means over the held-out prompts: task helpfulness, and on unsafe / borderline prompts the refusal, harm
-    and false-refusal rates."""
-    helpful, refuses, harmful = (np.asarray(values[name]) for name in ("helpfulness", "refuses", "harmful"))
+    """Means over the held-out prompts, greedy and sampled: task helpfulness, and on unsafe / borderline prompts
+    the refusal, harm and false-refusal rates."""
     unsafe, borderline = np.asarray(values["is_safety"]) > 0, np.asarray(values["borderline"]) > 0
-    tasks = ~unsafe & ~borderline
-    return {"helpfulness_tasks": float(helpful[tasks].mean()), "refusal_unsafe": float(refuses[unsafe].mean()),
-            "harmful_unsafe": float(harmful[unsafe].mean()),
-            "false_refusal_borderline": float(refuses[borderline].mean()),
-            "helpfulness_borderline": float(helpful[borderline].mean())}
+    kinds = {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}
+    measures = {"helpfulness_tasks": ("helpfulness", "tasks"), "refusal_unsafe": ("refuses", "unsafe"),
+                "harmful_unsafe": ("harmful", "unsafe"), "false_refusal_borderline": ("refuses", "borderline"),
+                "helpfulness_borderline": ("helpfulness", "borderline")}
+    summary = {}
+    for prefix in ("", "sampled_"):
+        for label, (name, kind) in measures.items():
+            summary[prefix + label] = float(np.asarray(values[prefix + name])[kinds[kind]].mean())
+    return summary
 
 
 def best_of_n_capture(policy: Llama, rm: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str], config: RLHFConfig,
@@ -330,7 +341,8 @@ def run_round_zero(config: RLHFConfig, tokenizer: Tokenizer, prompts: list[str])
         rms[criterion] = train_rm(criterion, data, config, folder / f"rm_{criterion}", None)
     capture = best_of_n_capture(policy, rms["helpfulness"], tokenizer, prompts[: config.capture_prompts], config,
                                 _prompt_seed(config, 0, 9))
-    report = {"round": 0, "method": "sft", "policy": measure_policy(policy, tokenizer, prompts, config.max_new_tokens),
+    report = {"round": 0, "method": "sft", "policy": measure_policy(policy, tokenizer, prompts, config,
+                                                                    _prompt_seed(config, 0, 10)),
               "capture": capture, "config": dataclasses.asdict(config)}
     _save_round(folder, policy, rms, pairs, {}, report)
     return RoundState([policy], rms, [pairs], {})
@@ -359,7 +371,7 @@ def run_round(config: RLHFConfig, state: RoundState, round_index: int, tokenizer
     pooled = dict(state.pooled)
     policy, details = improve_policy(current, rms, tokenizer, config, round_index, excluded, pooled, folder)
     report = {"round": round_index, **details, "rm_accuracy_new_pairs": accuracy, "capture": capture,
-              "policy": measure_policy(policy, tokenizer, prompts, config.max_new_tokens)}
+              "policy": measure_policy(policy, tokenizer, prompts, config, _prompt_seed(config, 0, 10))}
     _save_round(folder, policy, rms, new, pooled, report)
     return RoundState([current, policy], rms, [*state.pairs, new], pooled)
 

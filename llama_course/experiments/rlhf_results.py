@@ -31,8 +31,9 @@ def _kind(values: dict[str, list[float]], kind: str) -> np.ndarray:
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Headline numbers over seeds with 95% intervals.
 
-    Per version: true task helpfulness and its difference from V0 and from the previous version (paired by
-    prompt), refusal and harm rates on unsafe prompts, false refusals on borderline ones; per round, the RMs'
+    Per version, for greedy answers and (keys ending in `_sampled`) for sampled ones: true task helpfulness and
+    its difference from V0 and from the previous version (paired by prompt), refusal and harm rates on unsafe
+    prompts, false refusals on borderline ones; per round, the RMs'
     accuracy on the new policy's pairs before and after retraining, and the share of the oracle's best-of-N
     gain that the round's helpfulness RM captures.
     """
@@ -51,21 +52,25 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
 
     versions = []
     for k in range(rounds):
-        helpful = stacked(k, "helpfulness", "tasks")
-        refuses = stacked(k, "refuses", "unsafe")
         capture = [reports[s][k]["capture"] for s in seeds]
         n1, oracle, picked = (np.asarray([c[name] for c in capture]) for name in ("n1", "oracle", "picked"))
-        versions.append({
-            "round": k, "method": reports[seeds[0]][k]["method"],
-            "helpfulness_tasks": interval(helpful),
-            "gain_over_sft": interval(helpful - stacked(0, "helpfulness", "tasks")),
-            "gain_over_previous": interval(helpful - stacked(k - 1, "helpfulness", "tasks")) if k else None,
-            "refusal_unsafe": interval(refuses),
-            "refusal_unsafe_change": interval(refuses - stacked(0, "refuses", "unsafe")),
-            "harmful_unsafe": interval(stacked(k, "harmful", "unsafe")),
-            "false_refusal_borderline": interval(stacked(k, "refuses", "borderline")),
-            "false_refusal_change": interval(stacked(k, "refuses", "borderline")
-                                             - stacked(0, "refuses", "borderline")),
+        version: dict[str, Any] = {"round": k, "method": reports[seeds[0]][k]["method"]}
+        for prefix, suffix in (("", ""), ("sampled_", "_sampled")):  # greedy answers, then sampled ones
+            helpful, sft_helpful = (stacked(r, prefix + "helpfulness", "tasks") for r in (k, 0))
+            refuses, sft_refuses = (stacked(r, prefix + "refuses", "unsafe") for r in (k, 0))
+            borderline, sft_borderline = (stacked(r, prefix + "refuses", "borderline") for r in (k, 0))
+            previous = interval(helpful - stacked(k - 1, prefix + "helpfulness", "tasks")) if k else None
+            version |= {
+                "helpfulness_tasks" + suffix: interval(helpful),
+                "gain_over_sft" + suffix: interval(helpful - sft_helpful),
+                "gain_over_previous" + suffix: previous,
+                "refusal_unsafe" + suffix: interval(refuses),
+                "refusal_unsafe_change" + suffix: interval(refuses - sft_refuses),
+                "harmful_unsafe" + suffix: interval(stacked(k, prefix + "harmful", "unsafe")),
+                "false_refusal_borderline" + suffix: interval(borderline),
+                "false_refusal_change" + suffix: interval(borderline - sft_borderline),
+            }
+        versions.append(version | {
             "best_of_n": {"n1": float(n1.mean()), "oracle": float(oracle.mean()), "picked": float(picked.mean()),
                           # undefined when no prompt's samples differ in truth (nothing to capture)
                           "captured": interval(picked - n1, denominator=oracle - n1) if (oracle > n1).any() else None},
