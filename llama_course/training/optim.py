@@ -12,6 +12,10 @@ decayed. Here:
 
 The split is made from module types and shapes, not names, so it works for our `Llama`, for
 `transformers.LlamaForCausalLM`, and for models wrapped by DDP or sharded by FSDP2.
+
+The update runs as PyTorch's fused CUDA kernel (one launch for all the parameters of a group) when every
+parameter is a plain CUDA tensor, and as the `foreach` implementation (a few launches per group) otherwise: on
+the CPU, whose float32 results it keeps, and for FSDP2's DTensor parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ def split_decay_parameters(model: nn.Module) -> tuple[list[str], list[str]]:
     return decay, no_decay
 
 
+def can_fuse_adamw(parameters: list[torch.Tensor]) -> bool:
+    """True when AdamW may use its fused CUDA kernel: every parameter a plain (not DTensor) CUDA tensor."""
+    return bool(parameters) and all(p.device.type == "cuda" and not isinstance(p, DTensor) for p in parameters)
+
+
 def build_optimizer(model: nn.Module, config: AdamWConfig) -> torch.optim.AdamW:
     """AdamW over two parameter groups: weight matrices decayed by `config.weight_decay`, the rest not."""
     decay, no_decay = split_decay_parameters(model)
@@ -69,7 +79,6 @@ def build_optimizer(model: nn.Module, config: AdamWConfig) -> torch.optim.AdamW:
         {"params": [params[name] for name in decay], "weight_decay": config.weight_decay},
         {"params": [params[name] for name in no_decay], "weight_decay": 0.0},
     ]
-    # foreach: one fused kernel launch per group; it also works with FSDP2's DTensor parameters.
-    return torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, foreach=True
-    )
+    fused = can_fuse_adamw([p for group in groups for p in group["params"]])
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                             foreach=not fused, fused=fused)

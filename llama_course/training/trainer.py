@@ -14,7 +14,10 @@ averaging per-micro-batch means would weigh a token of a short (heavily masked) 
 make gradient accumulation and data parallelism disagree with plain large-batch training.
 
 One optimizer step: forward + backward of each micro-batch (bf16 autocast on CUDA), then rescale the
-gradients, clip their global norm to 1.0, AdamW step, schedule step.
+gradients, clip their global norm to 1.0, AdamW step, schedule step. The step reads nothing back from the
+device: its loss, gradient norm and token count stay there until `read_steps` copies those of every step since
+the last read in one transfer, at the steps that need them (logging, evaluation, a checkpoint, a stop), so a GPU
+never waits, idle, for the host in between.
 """
 
 from __future__ import annotations
@@ -253,6 +256,7 @@ class Trainer:
         self.tokens = 0
         self._stop_signal: int | None = None  # set by the SIGINT / SIGTERM handler of this process, at any moment
         self._stop_requested = False  # agreed by all ranks at the end of a step: then save and stop
+        self._unread: list[torch.Tensor] = []  # per step: (mean loss, gradient norm, tokens, stop flag), on device
         self._lock = RunLock(self.output_dir)
         self._hold_lock()
         try:
@@ -297,7 +301,10 @@ class Trainer:
         state = load_checkpoint(path, self.raw_model, self.optimizer, rank=self.context.rank,
                                 world_size=self.context.world_size, trusted=True)  # the run's own output
         for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(fresh)  # this run's learning rate, betas, eps and weight decay
+            group.update(fresh)  # this run's learning rate, betas, eps, weight decay and implementation
+        # AdamW's step counters sit on the parameters' device for the fused kernel, on the CPU otherwise: loading
+        # the state again under this run's implementation puts them where it needs them.
+        self.optimizer.load_state_dict(self.optimizer.state_dict())
         self.step, self.tokens = state["step"], state["tokens"]
         self.batches.load_state_dict(state["data"])
         self.scheduler = build_scheduler(self.optimizer, self.config.warmup_steps, self.config.steps,
@@ -326,8 +333,8 @@ class Trainer:
         """Cross-entropy on vocabulary shards (forward and backward) when the model is tensor-parallel."""
         return loss_parallel() if self.mesh is not None else contextlib.nullcontext()
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step over the next global batch; returns (mean loss, gradient norm before clipping)."""
+    def train_step(self) -> None:
+        """One optimizer step over the next global batch; `read_steps` returns its loss and gradient norm."""
         micro_batches = self.batches.next_step()
         # (summed loss, items, input tokens, stop requested), reduced over ranks in a single all-reduce
         stats = torch.zeros(4, dtype=torch.float64, device=self.context.device)
@@ -343,8 +350,7 @@ class Trainer:
         stats[3] = float(self._stop_signal is not None)  # a signal arriving after this is seen at the next step
         stats = all_reduce_sum(stats)
         stats[:3] /= self.config.tensor_parallel  # the ranks of a tensor-parallel group share one batch
-        count = max(stats[1].item(), 1.0)
-        mean_loss = stats[0].item() / count
+        count = stats[1].clamp(min=1.0)
         # DDP and FSDP average gradients over data ranks; undo that and divide by the global item count instead.
         scale = self.data_size / count
         parameters = [p for p in self.raw_model.parameters() if p.grad is not None]
@@ -353,21 +359,36 @@ class Trainer:
                 parameter.grad.mul_(scale)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
-            last = latest_checkpoint(self.output_dir)
-            raise NonFiniteLossError(
-                f"step {self.step + 1}: loss={mean_loss}, gradient norm={grad_norm} is not finite; the run "
-                f"stopped without saving. The last good checkpoint is {str(last) if last else 'none'}: "
-                "resume from it with a lower learning rate, more warm-up, or autocast='off'"
-            )
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        self.tokens += int(stats[2].item())
-        self._stop_requested = stats[3].item() > 0
-        return mean_loss, grad_norm
+        self._unread.append(torch.stack([stats[0] / count, grad_norm.double(), stats[2], stats[3]]))
+
+    def read_steps(self) -> list[tuple[float, float]]:
+        """(mean loss, gradient norm before clipping) of each step since the last read, in one device-to-host copy.
+
+        Also counts their tokens, learns whether the ranks agreed to stop, and raises `NonFiniteLossError` naming
+        the first step whose loss or gradient norm was NaN or infinite. The loop reads before it logs, evaluates
+        or saves, so no checkpoint holds the weights of a step after a non-finite one.
+        """
+        if not self._unread:
+            return []
+        rows = torch.stack(self._unread).tolist()
+        self._unread = []
+        first_step = self.step - len(rows) + 1
+        for offset, (mean_loss, grad_norm, _, _) in enumerate(rows):
+            if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
+                last = latest_checkpoint(self.output_dir)
+                raise NonFiniteLossError(
+                    f"step {first_step + offset}: loss={mean_loss}, gradient norm={grad_norm} is not finite; the "
+                    f"run stopped without saving. The last good checkpoint is {str(last) if last else 'none'}: "
+                    "resume from it with a lower learning rate, more warm-up, or autocast='off'"
+                )
+        self.tokens += int(sum(row[2] for row in rows))
+        self._stop_requested = rows[-1][3] > 0
+        return [(mean_loss, grad_norm) for mean_loss, grad_norm, _, _ in rows]
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -413,21 +434,29 @@ class Trainer:
         try:
             while self.step < stop_at:
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, grad_norm = self.train_step()
-                result.losses.append(loss)
+                self.train_step()
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 last_step = self.step == stop_at
-                if self.step % config.log_every == 0 or last_step or self._stop_requested:
+                logging = self.step % config.log_every == 0 or last_step
+                evaluating = (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps
+                periodic = config.checkpoint_every and self.step % config.checkpoint_every == 0
+                # Ranks agree on a stop through the step's all-reduce, so several ranks read it every step.
+                if not (logging or evaluating or periodic or self._stop_signal is not None
+                        or self.context.is_distributed):
+                    continue
+                steps = self.read_steps()
+                result.losses.extend(loss for loss, _ in steps)
+                loss, grad_norm = steps[-1]
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if logging or self._stop_requested:
                     elapsed = time.perf_counter() - started
                     self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                       "tokens": self.tokens,
                                       "tokens_per_second": (self.tokens - start_tokens) / max(elapsed, 1e-9)})
-                if (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps:
+                if evaluating:
                     result.val_loss = self.evaluate()
                     if result.val_loss is not None:
                         self.metrics.log({"step": self.step, "val_loss": result.val_loss, "tokens": self.tokens})
-                periodic = config.checkpoint_every and self.step % config.checkpoint_every == 0
                 if periodic or last_step or self._stop_requested:
                     result.checkpoint = self.save()
                 if self._stop_requested and not last_step:
