@@ -137,6 +137,9 @@ PRESETS: dict[str, ModelConfig] = {
                          max_seq_len=512),
     # llama2.c's stories15M shape with Llama's 32k vocabulary (24.4M parameters): the benchmark config.
     "bench-24m": ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, multiple_of=32, max_seq_len=256),
+    # GPU throughput benchmarks (benchmarks/gpu_throughput.py): GPT-2 medium's shape and TinyLlama 1.1B's.
+    "bench-374m": ModelConfig(dim=1024, n_layers=24, n_heads=16, max_seq_len=2048),
+    "bench-1.1b": ModelConfig(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, max_seq_len=2048),
 }
 
 
