@@ -5,6 +5,7 @@ import pytest
 
 from llama_course.experiments.safety_pretraining import (
     corpus_safety,
+    load_pretraining_safety_results,
     toxic_openings,
     unsafe_continuations,
     wilson_interval,
@@ -44,3 +45,13 @@ def test_a_continuation_is_unsafe_when_the_finished_text_holds_an_unsafe_sentenc
     values, continuations = unsafe_continuations(model, tokenizer, openings, max_new_tokens=8)
     assert len(values) == len(continuations) == 12
     assert values == [float(bool(harmful_sentences(o + c))) for o, c in zip(openings, continuations, strict=True)]
+
+
+def test_shipped_results_count_every_training_document_and_summarize_200_openings_per_model():
+    results = load_pretraining_safety_results()
+    corpus = results["corpus"]
+    assert corpus["documents"] == 200_000 == sum(corpus["unsafe_sentences_per_document"].values())
+    assert len(results["openings"]) == len(set(results["openings"])) >= 200
+    for measured in results["continuations"].values():
+        assert len(measured["per_opening"]) == len(results["openings"])
+        assert measured["unsafe"]["rate"] == pytest.approx(sum(measured["per_opening"]) / len(results["openings"]))

@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> None:
         results = run_pretraining_safety(PretrainingSafetyConfig(args.openings, args.continuation_tokens,
                                                                  tuple(args.models)), args.output_dir / "pretraining")
         corpus = results["corpus"]
-        print(f"{corpus['documents']:,} documents; unsafe: {_interval({'mean': corpus['unsafe_documents']})}, "
-              f"with a risk word: {_interval({'mean': corpus['risk_word_documents']})}")
+        for kind in ("unsafe", "risk_word"):
+            share = corpus[f"{kind}_documents"]
+            print(f"{corpus['documents']:,} documents, {kind.replace('_', ' ')}: {share['rate']:.4%} "
+                  f"[{share['low']:.4%}, {share['high']:.4%}]")
         rows = {f"unsafe continuations {name:>5}": {"rate": {"mean": measured["unsafe"]}}
                 for name, measured in results["continuations"].items()}
     else:
