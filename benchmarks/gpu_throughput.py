@@ -100,7 +100,8 @@ def datasheet_peak(device_name: str) -> tuple[float, str] | None:
     return None
 
 
-def build_trainer(variant: Variant, config, data: TensorBlocks, args, output_dir: str) -> Trainer:
+def build_trainer(variant: Variant, config, data: TensorBlocks, args, device: torch.device, output_dir: str
+                  ) -> Trainer:
     torch.manual_seed(0)
     if variant.model == "ours":
         model, loss_fn = Llama(config), causal_lm_loss
@@ -110,7 +111,7 @@ def build_trainer(variant: Variant, config, data: TensorBlocks, args, output_dir
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainer_config = TrainerConfig(
-        steps=args.warmup + args.rounds, micro_batch_size=args.batch, warmup_steps=1, device=args.device,
+        steps=args.warmup + args.rounds, micro_batch_size=args.batch, warmup_steps=1, device=str(device),
         progress=False, eval_every=0, checkpoint_every=0, compile=variant.compile,
         parallelism="fsdp" if variant.fsdp else "none",
         activation_checkpointing=variant.checkpointing if variant.model == "ours" else "none")
@@ -138,12 +139,19 @@ def main() -> None:
     config = PRESETS[args.preset]
     if args.seq > config.max_seq_len:
         parser.error(f"--seq {args.seq} exceeds {args.preset}'s context of {config.max_seq_len}; use a shorter --seq")
-    for name in ("batch", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be at least 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu for the smoke run")
+    for name, least in (("batch", 1), ("rounds", 1), ("warmup", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} {getattr(args, name)} must be at least {least}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        parser.error(f"--device {args.device!r} is not cuda, cuda:N or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu for the smoke run")
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     n_parameters = count_parameters(config)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
@@ -174,7 +182,7 @@ def main() -> None:
                                 world_size=1, device_id=device if device.type == "cuda" else None)
     try:
         with contextlib.ExitStack() as stack:
-            trainers = {name: build_trainer(variant, config, data, args,
+            trainers = {name: build_trainer(variant, config, data, args, device,
                                             stack.enter_context(tempfile.TemporaryDirectory()))
                         for name, variant in variants.items()}
             step_peaks = dict.fromkeys(trainers, 0)
