@@ -14,10 +14,10 @@ averaging per-micro-batch means would weigh a token of a short (heavily masked) 
 make gradient accumulation and data parallelism disagree with plain large-batch training.
 
 One optimizer step: forward + backward of each micro-batch (bf16 autocast on CUDA), then rescale the
-gradients, clip their global norm to 1.0, AdamW step, schedule step. The step reads nothing back from the
-device: its loss, gradient norm and token count stay there until `read_steps` copies those of every step since
-the last read in one transfer, at the steps that need them (logging, evaluation, a checkpoint, a stop), so a GPU
-never waits, idle, for the host in between.
+gradients, clip their global norm to 1.0, AdamW step, schedule step. The trainer reads nothing back from the
+device during a step: its loss, gradient norm and token count stay there until `read_steps` copies those of
+every step since the last read in one transfer, at the steps that need them (logging, evaluation, a checkpoint,
+a stop), so the host queues the next step's work while a GPU still computes this one.
 """
 
 from __future__ import annotations
