@@ -25,11 +25,14 @@ from pathlib import Path
 import datasets
 import torch
 
-from llama_course.alignment.rejection import expected_order_statistic, reward_model_scorer, sample_responses
-from llama_course.alignment.reward_data import encode_response
+from llama_course.alignment.rejection import (
+    expected_order_statistic,
+    log_likelihood_scorer,
+    reward_model_scorer,
+    sample_responses,
+)
 from llama_course.alignment.reward_train import RewardConfig, load_reward_model, train_reward_model
 from llama_course.alignment.sft import load_base_model
-from llama_course.chat import encode_dialog
 from llama_course.toyworld import Annotator, generate_tasks, helpfulness
 
 COLUMNS = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
@@ -49,22 +52,6 @@ def pairs_of(prompts, families, samples):
             if a.strip() and b.strip() and a != b and helpfulness(prompt, a) != helpfulness(prompt, b):
                 rows.append(vars(annotator.compare(prompt, a, b)) | {"prompt": prompt, "family": family})
     return rows
-
-
-def loglik_scorer(model, tokenizer):
-    """Sum of log p(answer tokens | prompt) under `model`: a judge with no training."""
-
-    @torch.no_grad()
-    def score(prompts, responses):
-        values = []
-        for prompt, response in zip(prompts, responses, strict=True):
-            ids = torch.tensor([encode_response(tokenizer, prompt, response)])
-            start = len(encode_dialog(tokenizer, [{"role": "user", "content": prompt}]).ids)
-            logprobs = model(ids[:, :-1]).logits.float().log_softmax(-1)[0].gather(1, ids[0, 1:, None]).squeeze(1)
-            values.append(float(logprobs[start - 1:].sum()))
-        return torch.tensor(values)
-
-    return score
 
 
 def measure(score, test_pairs, prompts, samples):
@@ -133,7 +120,7 @@ def main() -> None:
         rm, _, _ = train_reward_model(config, (train, held_out))
         judges[f"RM on {len(train)} on-policy pairs from {name}"] = reward_model_scorer(rm, tokenizer)
     for name, folder in named_folders(args.loglik).items():
-        judges[f"log-likelihood under {name}"] = loglik_scorer(load_base_model(folder)[0].eval(), tokenizer)
+        judges[f"log-likelihood under {name}"] = log_likelihood_scorer(load_base_model(folder)[0].eval(), tokenizer)
     results = {name: measure(score, test_pairs, test_prompts, test_samples) for name, score in judges.items()}
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, result in results.items():

@@ -25,8 +25,13 @@ from pathlib import Path
 
 import torch
 
-from llama_course.alignment.rejection import RejectionConfig, finetune_on_answers, sample_responses
-from llama_course.alignment.reward import score_responses
+from llama_course.alignment.rejection import (
+    RejectionConfig,
+    finetune_on_answers,
+    log_likelihood_scorer,
+    reward_model_scorer,
+    sample_responses,
+)
 from llama_course.alignment.reward_train import load_reward_model
 from llama_course.alignment.sft import load_base_model, load_sft_config, training_conversations
 from llama_course.alignment.sft_eval import answer_prompts
@@ -43,7 +48,7 @@ def sft_replay(n: int) -> tuple[list[str], list[str]]:
 
 
 def run_name(args: argparse.Namespace, prompts: int, lr: float, epochs: float) -> str:
-    picker = Path(args.rm or "truth").name
+    picker = Path(args.rm or args.loglik or "truth").name + ("-loglik" if args.loglik else "")
     return f"runs/rs-ceiling-{Path(args.policy).name}-{picker}-{prompts}-{lr}-{epochs}-replay-{args.replay}"
 
 
@@ -55,7 +60,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--setting", action="append", default=None, metavar="PROMPTS:LR:EPOCHS")
     parser.add_argument("--cache", type=Path, default=Path("runs/rs-ceiling-samples.json"))
-    parser.add_argument("--rm", default=None, help="pick by this reward model (shipped name or folder), not the truth")
+    judge = parser.add_mutually_exclusive_group()
+    judge.add_argument("--rm", default=None, help="pick by this reward model (shipped name or folder), not the truth")
+    judge.add_argument("--loglik", default=None, metavar="MODEL",
+                       help="pick by the answer's log-likelihood under this model (shipped name or folder)")
     parser.add_argument("--policy", default="sft", help="the policy: a shipped model name or an exported folder")
     parser.add_argument("--replay", type=int, default=0,
                         help="also fine-tune on this many tasks of the SFT model's own training data (seen before)")
@@ -81,20 +89,18 @@ def main() -> None:
                                    seed=6)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         args.cache.write_text(json.dumps([prompts, samples]))
-    if args.rm is None:
+    picker_name = args.rm or (args.loglik and f"log-likelihood under {args.loglik}") or "truth"
+    if args.rm is None and args.loglik is None:
         best = [max(row, key=lambda answer, p=p: helpfulness(p, answer))
                 for p, row in zip(prompts, samples, strict=True)]
     else:
-        rm, _ = load_reward_model(args.rm)
-        flat = [answer for row in samples for answer in row]
-        kept = [i for i, answer in enumerate(flat) if answer.strip()]
-        scores = torch.full((len(flat),), -1e9)  # an empty answer is never picked
-        scores[kept] = score_responses(rm, tokenizer, [prompts[i // args.samples] for i in kept],
-                                       [flat[i] for i in kept])
+        judge = (reward_model_scorer(load_reward_model(args.rm)[0], tokenizer) if args.rm is not None
+                 else log_likelihood_scorer(load_base_model(args.loglik)[0].eval(), tokenizer))
+        scores = judge([p for p in prompts for _ in range(args.samples)], [a for row in samples for a in row])
         picks = scores.view(len(prompts), args.samples).argmax(dim=1).tolist()
         best = [row[i] for row, i in zip(samples, picks, strict=True)]
     base = truth(policy)
-    result = {"policy": args.policy, "picker": args.rm or "truth", "sft": float(base[0].mean()),
+    result = {"policy": args.policy, "picker": picker_name, "sft": float(base[0].mean()),
               "sft_sampled": float(base[1].mean()), "held_out": len(held_out), "samples": args.samples,
               "kept_truth": sum(helpfulness(p, a) for p, a in zip(prompts, best, strict=True)) / len(prompts),
               "replay": args.replay, "settings": []}

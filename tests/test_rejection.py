@@ -13,6 +13,7 @@ from llama_course.alignment.rejection import (
     best_of_n_kl,
     best_of_n_kl_bound,
     expected_order_statistic,
+    log_likelihood_scorer,
     max_and_median_curves,
     rejection_sampling,
     reward_model_scorer,
@@ -21,7 +22,9 @@ from llama_course.alignment.rejection import (
     true_reward,
 )
 from llama_course.alignment.reward import RewardModel
+from llama_course.alignment.reward_data import encode_response
 from llama_course.alignment.reward_train import load_reward_model
+from llama_course.chat import encode_dialog
 from llama_course.pretrained import load_pretrained
 from llama_course.toyworld import generate_tasks
 
@@ -152,3 +155,19 @@ def test_expected_order_statistic_reads_values_at_the_scores_rank():
     expected = statistics.fmean(values[0, max(subset, key=lambda i: scores[0, i])].item()
                                 for subset in itertools.combinations(range(4), 2))
     assert float(expected_order_statistic(scores, 2, 2, values)) == pytest.approx(expected)
+
+
+def test_log_likelihood_scorer_sums_the_answer_tokens_log_probabilities_one_sequence_at_a_time(sft):
+    model, tokenizer = sft
+    prompts = ["What is 2 plus 3?", "What is 2 plus 3?", "Reverse this list: red, blue, green.", "What is 1 plus 1?"]
+    responses = ["2 plus 3 is 5.", "2 plus 3 is 7. I hope this helps you.", "green, blue, red.", ""]
+    scores = log_likelihood_scorer(model, tokenizer, batch_size=2)(prompts, responses)
+    for prompt, response, score in zip(prompts[:3], responses[:3], scores[:3], strict=True):
+        ids = torch.tensor(encode_response(tokenizer, prompt, response))
+        start = len(encode_dialog(tokenizer, [{"role": "user", "content": prompt}]).ids)
+        with torch.no_grad():
+            logits = model(ids[None, :-1]).logits.double()[0]
+        expected = logits.log_softmax(-1).gather(1, ids[1:, None]).squeeze(1)[start - 1:].sum()
+        assert float(score) == pytest.approx(float(expected), abs=1e-3)
+    assert scores[3] == -math.inf  # an empty answer is never picked
+    assert scores[0] > scores[1]  # the SFT model finds the right, unpadded sum far likelier

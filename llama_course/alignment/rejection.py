@@ -26,7 +26,9 @@ from typing import Any
 import datasets
 import torch
 
+from llama_course.alignment.ppo import token_logprobs
 from llama_course.alignment.reward import RewardModel, combine_rewards, score_responses
+from llama_course.alignment.reward_data import encode_response, pad_right
 from llama_course.alignment.sft_data import encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.chat import encode_dialog
@@ -51,6 +53,29 @@ def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scor
         if kept:
             raw = score_responses(reward_model, tokenizer, [prompts[i] for i in kept], [responses[i] for i in kept])
             scores[kept] = torch.sigmoid(raw)
+        return scores
+
+    return score
+
+
+def log_likelihood_scorer(model: Llama, tokenizer: Tokenizer, batch_size: int = 64) -> Scorer:
+    """A scorer with no training: the log-probability `model` gives the response's tokens (its EOS included)
+    after the prompt, summed. A judge that reads a language model's own knowledge of the task; it also favours
+    short answers, as every token costs. An empty response scores -inf (it is never picked)."""
+
+    @torch.no_grad()
+    def score(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        scores = torch.full((len(responses),), -math.inf)
+        kept = [i for i, response in enumerate(responses) if response.strip()]
+        for start in range(0, len(kept), batch_size):
+            rows = kept[start:start + batch_size]
+            ids = [encode_response(tokenizer, prompts[i], responses[i]) for i in rows]
+            answer_starts = [len(encode_dialog(tokenizer, [{"role": "user", "content": prompts[i]}]).ids) for i in rows]
+            tokens, mask = pad_right(ids, tokenizer.eos_id)
+            logprobs = token_logprobs(model(tokens[:, :-1]).logits, tokens[:, 1:], temperature=1.0)
+            position = torch.arange(1, tokens.shape[1])
+            answer = (position[None, :] >= torch.tensor(answer_starts)[:, None]) & (mask[:, 1:] > 0)
+            scores[rows] = (logprobs * answer).sum(dim=1).float()
         return scores
 
     return score
