@@ -194,3 +194,13 @@ def test_output_head_decoding_layout_gives_the_same_logits_and_lives_only_inside
     with pytest.raises(RuntimeError), torch.no_grad(), head.decoding():
         raise RuntimeError("an error inside the block")
     assert head._decoding_weight is None  # freed on the way out
+
+
+def test_interleaved_rope_compiles_without_a_graph_break_and_matches_eager():
+    x = torch.randn(2, 8, 4, 16).transpose(1, 2)  # (B, heads, T, head_dim) as attention passes it: not contiguous
+    cos, sin = rope_angles(torch.arange(8), 16)
+    explained = torch._dynamo.explain(apply_rope_interleaved)(x, cos, sin)
+    assert explained.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(apply_rope_interleaved, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, cos, sin), apply_rope_interleaved(x, cos, sin), rtol=0, atol=0)
