@@ -4,10 +4,11 @@ Static checks of the HTML: no output that a reader must not see (stderr, a warni
 bar, a widget, a path of the build machine), every chapter links to its exercise page, which holds the tasks
 and their stubs but never a solution. In headless Chromium, at the window size of a laptop (1280 pixels): no
 JavaScript error, no broken image, a figure per chapter, every code cell, output, table and display equation
-within the text column (an output line wider than the column wraps: book/_static/book.css), every listing of
-the package's source (120 columns, over the column and its margin: book/_ext/wide_listings.py) with its lines
-unbroken, and every figure shown at `MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than
-the column is scaled down, and its fonts with it).
+within the text column (an output line wider than the column wraps: book/_static/book.css; no row of a printed
+text table may, since a wrapped row breaks the table's columns), every listing of the package's source (120
+columns, over the column and its margin: book/_ext/wide_listings.py) with its lines unbroken, and every figure
+shown at `MIN_FIGURE_SCALE` of its natural size or more (a figure drawn wider than the column is scaled down,
+and its fonts with it).
 
 Needs the built book (`jupyter-book build . -W -n --keep-going`, which CI runs before pytest) and Debian's
 `chromium` and `chromium-driver`. The pages are served from 127.0.0.1, so "the book's own" resources are
@@ -60,20 +61,40 @@ const column = article.getBoundingClientRect().right;
 const page = document.querySelector('.bd-main').getBoundingClientRect().right;
 const boxes = article.querySelectorAll(
     '.cell_input pre, .cell_output pre, table, div.math mjx-container, .literal-block-wrapper pre');
-return Array.from(boxes).filter(box => {
+const cut = Array.from(boxes).filter(box => {
         // a listing wraps its lines only where the screen is too narrow: measure them unbroken
         const listing = box.closest('.literal-block-wrapper');
         if (listing) box.style.whiteSpace = 'pre';
-        const cut = box.scrollWidth > box.clientWidth + 1
-                    || box.getBoundingClientRect().right > (listing ? page : column) + 1;
+        const overflows = box.scrollWidth > box.clientWidth + 1
+                          || box.getBoundingClientRect().right > (listing ? page : column) + 1;
         box.style.whiteSpace = '';
-        return cut;
+        return overflows;
     })
     .map(box => ({kind: box.closest('.cell_input') ? 'code' : box.closest('.cell_output') ? 'output'
                         : box.closest('.literal-block-wrapper') ? 'listing'
                         : box.closest('div.math') ? 'equation' : box.tagName.toLowerCase(),
                   text: box.textContent.trim().split('\\n')[0].slice(0, 80),
                   width: box.scrollWidth, column: box.clientWidth}));
+// An output line wider than the column wraps (book.css), which a sentence survives and a table does not: its
+// rows fold and its columns break. A text table is an output with two or more rows, lines whose cells are
+// separated by runs of spaces; each row must fit. Characters are as wide as the output's widest line, unbroken
+// in a box as wide as its content, divided by its length (a monospaced font).
+const rows = [];
+for (const pre of article.querySelectorAll('.cell_output pre')) {
+    const lines = pre.textContent.split('\\n');
+    const table = lines.filter(line => /\\S {2,}\\S/.test(line.trim()));
+    if (table.length < 2 || pre.clientWidth === 0) continue;
+    const style = getComputedStyle(pre);
+    const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    const room = pre.clientWidth - padding;
+    Object.assign(pre.style, {whiteSpace: 'pre', width: 'max-content', maxWidth: 'none'});
+    const charWidth = (pre.clientWidth - padding) / Math.max(...lines.map(line => line.length));
+    Object.assign(pre.style, {whiteSpace: '', width: '', maxWidth: ''});
+    rows.push(...table.filter(row => row.length * charWidth > room + 1).map(row => ({
+        kind: 'table row', text: row.trim().slice(0, 80), width: Math.ceil(row.length * charWidth + padding),
+        column: pre.clientWidth})));
+}
+return cut.concat(rows);
 """
 
 
