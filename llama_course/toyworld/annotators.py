@@ -119,7 +119,7 @@ def write_demonstration(prompt: str, reference: str, careless: float, rng: rando
     if rng.random() < 0.5:
         found = identify_task(prompt)
         if found is None:
-            raise ValueError(f"prompt={prompt[:60]!r} is not a task prompt: only task demonstrations are written carelessly")
+            raise ValueError(f"prompt={prompt[:60]!r} is not a task prompt: only task demonstrations have slips")
         family, solution = found
         return family.corrupt(solution, rng)
     return padded(reference, rng)
