@@ -17,6 +17,16 @@ greedy helpfulness by +0.005 (standard error 0.010; 6,000 prompts, lr 1e-4), +0.
 this scale does not improve the greedy policy. Nor with better picks (best of 16, picks 0.760, 2,000 prompts, 5e-4:
 -0.015, s.e. 0.014) or with 3,000 of the SFT model's own training tasks replayed (`--replay 3000`, 6,000 prompts,
 5e-4: +0.002, s.e. 0.014; the replay alone: -0.013, s.e. 0.016).
+
+Sampled answers (T = 0.8, 4 per held-out task) are where it acts, and only there (one seed each, s.e. in brackets):
+- a 5x larger policy, the 4.95M model of configs/sft-small-more-data.toml (`--policy runs/sft-small-more-model
+  --prompts 3000 --setting 3000:1e-4:2`): greedy +0.013 (0.011) from 0.698, sampled +0.017 (0.007);
+- the policy of configs/sft-careless.toml, fine-tuned on careless demonstrations (`--policy
+  runs/careless/sft-0.5-model --prompts 3000`): greedy +0.013 (0.012), sampled +0.072 (0.008) from 0.355 at lr
+  1e-4; +0.013 (0.014) and +0.078 (0.009) at 5e-4. Picked by the shipped helpfulness RM (`--rm helpfulness`):
+  sampled -0.006 (0.006) and -0.010 (0.008), its picks no better than a random sample (0.346 against 0.355).
+  Picked by the log-likelihood of the 4.95M model, untrained (`--loglik runs/sft-small-more-model`, 5e-4): picks
+  0.462 (the truth's: 0.584), sampled +0.066 (0.009), greedy -0.002 (0.016).
 """
 
 import argparse
