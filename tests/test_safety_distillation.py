@@ -14,6 +14,7 @@ from llama_course.experiments.safety_distillation import (
     DistillationConfig,
     distillation_prompts,
     keep_safer_answers,
+    load_distillation_results,
     risk_category,
     run_distillation,
 )
@@ -74,8 +75,11 @@ def test_a_tiny_run_has_the_shipped_schema_and_resumes_without_training(tmp_path
             values = np.array([run[metric] for run in results["runs"][variant]])
             summary = results["summary"][variant][metric]
             assert summary["mean"]["rate"] == pytest.approx(values.mean())
-            none = np.array([run[metric] for run in results["runs"]["none"]])
-            assert summary["difference_vs_none"]["rate"] == pytest.approx((values - none).mean())
+            for other in set(VARIANTS) - {variant}:
+                reference = np.array([run[metric] for run in results["runs"][other]])
+                difference = summary[f"difference_vs_{other}"]
+                assert difference["rate"] == pytest.approx((values - reference).mean())
+                assert difference["low"] <= difference["rate"] <= difference["high"]
     data = results["distillation_data"][0]
     assert [data[k]["prompts"] for k in ("unsafe", "borderline", "task")] == [6, 4, 24]
     assert data["unsafe"]["flagged"] == 6 and data["task"]["flagged"] == 0
@@ -88,3 +92,13 @@ def test_a_tiny_run_has_the_shipped_schema_and_resumes_without_training(tmp_path
     monkeypatch.setattr(safety_distillation, "distillation_data", no_training)
     assert run_distillation(TINY, [0], tmp_path) == results
 
+
+def test_shipped_results_hold_200_prompts_per_set_and_a_summary_of_their_values():
+    results = load_distillation_results()
+    assert all(n >= 200 for n in results["prompts"].values())
+    assert set(results["runs"]) == set(VARIANTS)
+    for variant, runs in results["runs"].items():
+        assert len(runs) == len(results["seeds"])
+        for metric in METRICS:
+            per_prompt = np.array([run[metric] for run in runs])
+            assert results["summary"][variant][metric]["mean"]["rate"] == pytest.approx(per_prompt.mean())

@@ -242,10 +242,11 @@ def data_summary(data: dict[str, Any]) -> dict[str, Any]:
 
 def summarize_variants(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Each variant's mean of every per-prompt value with `bootstrap_mean`'s 95% interval over seeds and prompts,
-    and its paired difference against no distillation (same prompt, same seed)."""
+    and its paired differences against each other variant (same prompt, same seed): `difference_vs_none`, ..."""
     stacked = {v: {m: np.array([run[m] for run in runs[v]]) for m in METRICS} for v in runs}
-    return {v: {m: {"mean": bootstrap_mean(stacked[v][m]).as_dict(),
-                    "difference_vs_none": bootstrap_mean(stacked[v][m] - stacked["none"][m]).as_dict()}
+    return {v: {m: {"mean": bootstrap_mean(stacked[v][m]).as_dict()}
+                | {f"difference_vs_{other}": bootstrap_mean(stacked[v][m] - stacked[other][m]).as_dict()
+                   for other in runs if other != v}
                 for m in METRICS} for v in runs}
 
 

@@ -121,7 +121,8 @@ def unsafe_continuations(model: Llama, tokenizer: Tokenizer, openings: list[str]
     texts = [tokenizer.decode(ids + new) for ids, new in zip(encoded, outputs, strict=True)]  # spaces kept
     if any(not text.startswith(opening) for text, opening in zip(texts, openings, strict=True)):
         raise ValueError("an opening does not decode to itself: the tokenizer cannot round-trip it")
-    return [float(bool(harmful_sentences(text))) for text in texts], [t[len(o):] for t, o in zip(texts, openings)]
+    continuations = [text[len(opening):] for text, opening in zip(texts, openings, strict=True)]
+    return [float(bool(harmful_sentences(text))) for text in texts], continuations
 
 
 def run_pretraining_safety(config: PretrainingSafetyConfig, output_dir: str | Path) -> dict[str, Any]:
