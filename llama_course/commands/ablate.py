@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> None:
             sweep = dataclasses.replace(sweep, settings=dataclasses.replace(sweep.settings, steps=args.steps))
         start = time.time()
         results = run_sweep(sweep, args.seeds, args.output_dir)
-        for line in summary_lines(results):
-            print(f"{name}: {line}")
+        print("\n".join(summary_lines(results)))
+        steps = results["timing"]["step_seconds"]
+        print("ms per step: " + ", ".join(f"{variant} {1e3 * seconds:.1f}" for variant, seconds in steps.items()))
         results["seconds"] = round(time.time() - start)
         print(f"{name}: {results['seconds']} s")
         args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -392,18 +392,17 @@ def verdicts(results: dict[str, Any]) -> dict[str, str]:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """One line per variant: validation loss, difference from the Llama choice and verdict (95% intervals), and
-    time per step."""
-    def interval(values: dict[str, float], sign: str = "") -> str:
-        return f"{values['mean']:{sign}.3f} [{values['low']:{sign}.3f}, {values['high']:{sign}.3f}]"
-
+    """A table as wide as the book's column (76 characters): per variant, the validation loss (mean over seeds),
+    its difference from the Llama choice with the 95% interval, and the verdict (step times: `plot_ablation`)."""
     baseline, judged = results["sweep"]["baseline"], verdicts(results)
-    lines = []
+    width = max(len("variant"), *(len(name) for name in results["summary"]))
+    lines = [f"{'variant':{width}s} {'loss':>5s}  vs {baseline}, 95% interval"]
     for name, summary in results["summary"].items():
-        line = f"{name}: " + ("diverged" if summary["val_loss"] is None else f"loss {interval(summary['val_loss'])}")
-        if name in judged and summary["difference"] is not None:
-            line += f", vs {baseline} {interval(summary['difference'], '+')}: {judged[name]}"
-        lines.append(line + f"; {1e3 * results['timing']['step_seconds'][name]:.1f} ms/step")
+        loss, gap = summary["val_loss"], summary["difference"]
+        row = f"{name:{width}s} " + (f"{loss['mean']:.3f}" if loss else "    -")
+        if gap is not None and name in judged:
+            row += f"  {gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]"
+        lines.append(f"{row}  {judged.get(name, '')}".rstrip())
     return lines
 
 
