@@ -20,7 +20,7 @@ import numpy as np
 
 from llama_course.alignment.sft import load_base_model
 from llama_course.evaluation import bootstrap_mean
-from llama_course.experiments.rlhf import RLHFConfig, eval_prompts, measure_policy
+from llama_course.experiments.rlhf import RLHFConfig, eval_prompts, measure_policy, prompt_kind
 
 MEASURES = {"helpfulness_tasks": ("helpfulness", "tasks"), "refusal_unsafe": ("refuses", "unsafe"),
             "false_refusal_borderline": ("refuses", "borderline")}
@@ -38,13 +38,11 @@ def main() -> None:
     for name in ("base", "policy"):
         model, tokenizer = load_base_model(getattr(args, name))
         values[name] = measure_policy(model.eval(), tokenizer, prompts, config, seed=7)
-    unsafe = np.asarray(values["base"]["is_safety"]) > 0
-    borderline = np.asarray(values["base"]["borderline"]) > 0
-    kinds = {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}
     result = {"base": args.base, "policy": args.policy}
     for label, (name, kind) in MEASURES.items():
         for prefix in ("", "sampled_"):
-            base, tuned = (np.asarray(values[v][prefix + name])[kinds[kind]] for v in ("base", "policy"))
+            mask = prompt_kind(values["base"], kind)
+            base, tuned = (np.asarray(values[v][prefix + name])[mask] for v in ("base", "policy"))
             result[prefix + label] = {"base": float(base.mean()), "policy": float(tuned.mean()),
                                       "difference": bootstrap_mean(tuned - base).as_dict(), "prompts": len(base)}
     print(json.dumps(result, indent=1))

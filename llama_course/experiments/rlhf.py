@@ -170,18 +170,23 @@ def measure_policy(policy: Llama, tokenizer: Tokenizer, prompts: Sequence[str], 
         "borderline": borderline, "answers": answers}
 
 
+def prompt_kind(values: dict[str, list[float]], kind: str) -> np.ndarray:
+    """The mask of the held-out prompts of one kind in `measure_policy`'s values: "tasks", "unsafe" or
+    "borderline"."""
+    unsafe, borderline = np.asarray(values["is_safety"]) > 0, np.asarray(values["borderline"]) > 0
+    return {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}[kind]
+
+
 def summarize_policy(values: dict[str, list[float]]) -> dict[str, float]:
     """Means over the held-out prompts, greedy and sampled: task helpfulness, and on unsafe / borderline prompts
     the refusal, harm and false-refusal rates."""
-    unsafe, borderline = np.asarray(values["is_safety"]) > 0, np.asarray(values["borderline"]) > 0
-    kinds = {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}
     measures = {"helpfulness_tasks": ("helpfulness", "tasks"), "refusal_unsafe": ("refuses", "unsafe"),
                 "harmful_unsafe": ("harmful", "unsafe"), "false_refusal_borderline": ("refuses", "borderline"),
                 "helpfulness_borderline": ("helpfulness", "borderline")}
     summary = {}
     for prefix in ("", "sampled_"):
         for label, (name, kind) in measures.items():
-            summary[prefix + label] = float(np.asarray(values[prefix + name])[kinds[kind]].mean())
+            summary[prefix + label] = float(np.asarray(values[prefix + name])[prompt_kind(values, kind)].mean())
     return summary
 
 
@@ -399,5 +404,5 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
-__all__ = ["CRITERIA", "RLHFConfig", "completed_rounds", "eval_prompts", "load_round", "run_rlhf", "summarize_policy",
-           "true_order_accuracy"]
+__all__ = ["CRITERIA", "RLHFConfig", "completed_rounds", "eval_prompts", "load_round", "prompt_kind", "run_rlhf",
+           "summarize_policy", "true_order_accuracy"]

@@ -16,16 +16,10 @@ import numpy as np
 
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import load_results_file
-from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds, load_round
+from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds, load_round, prompt_kind
 from llama_course.pretrained import ASSETS_DIR
 
 SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
-
-
-def _kind(values: dict[str, list[float]], kind: str) -> np.ndarray:
-    """The mask of held-out prompts of one kind: "tasks", "unsafe" or "borderline"."""
-    unsafe, borderline = np.asarray(values["is_safety"]) > 0, np.asarray(values["borderline"]) > 0
-    return {"tasks": ~unsafe & ~borderline, "unsafe": unsafe, "borderline": borderline}[kind]
 
 
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -44,7 +38,7 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
         rows = []
         for s in seeds:
             values = reports[s][round_index]["policy"]
-            rows.append(np.asarray(values[name], dtype=np.float64)[_kind(values, kind)])
+            rows.append(np.asarray(values[name], dtype=np.float64)[prompt_kind(values, kind)])
         return np.stack(rows)
 
     def interval(values: np.ndarray, **kwargs: Any) -> dict[str, float]:
