@@ -56,6 +56,9 @@ def _plain_tensors(tensor: Tensor) -> list[Tensor]:
     return [plain for value in inner if isinstance(value, Tensor) for plain in _plain_tensors(value)]
 
 
+_COMMUNICATION_NAMESPACES = {"c10d", "_c10d_functional", "_c10d_functional_autograd"}
+
+
 class _StorageRecorder(TorchDispatchMode):
     """Remembers (weakly) the storage of every tensor an operator returns or autograd packs for the backward."""
 
@@ -77,6 +80,8 @@ class _StorageRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func.namespace in _COMMUNICATION_NAMESPACES:
+            return out  # a communication thread may hold its buffers a moment longer: counted only if packed
         for leaf in tree_leaves(out):
             if isinstance(leaf, Tensor):
                 self.record(leaf, packed=False)

@@ -50,6 +50,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     """None when the Hugging Face Hub answers an HTTP request within `timeout` seconds (any status), else why
     not. The request runs in a thread: a name lookup ignores timeouts, and nothing may take longer."""
     endpoint = huggingface_hub.constants.ENDPOINT
+    silent = f"{endpoint} did not answer within {timeout:g} s"
     outcome: list[str | None] = []
 
     def probe() -> None:
@@ -59,12 +60,14 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
         except urllib.error.HTTPError:  # an answer, if not a welcome one: the Hub is there
             outcome.append(None)
         except (OSError, ValueError) as error:  # URLError, timeouts, refused connections, a malformed endpoint
-            outcome.append(f"{endpoint} is unreachable ({getattr(error, 'reason', error)})")
+            reason = getattr(error, "reason", error)
+            # the socket's own timeout can fire just before join() gives up: the same silence, said the same way
+            outcome.append(silent if isinstance(reason, TimeoutError) else f"{endpoint} is unreachable ({reason})")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return outcome[0] if outcome else f"{endpoint} did not answer within {timeout:g} s"
+    return outcome[0] if outcome else silent
 
 
 def load_corpus(
