@@ -18,8 +18,8 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+from llama_course.arguments import bounded_number
 from llama_course.chat import Message, encode_dialog, validate_dialog
-from llama_course.cli import bounded_number
 from llama_course.generation import check_sampling, generate_stream
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer

@@ -20,6 +20,7 @@ report written from the statuses `run_steps` returns belong to the caller (the c
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 PARTIAL_DIR = ".partial"
@@ -85,17 +87,17 @@ class Pipeline:
         path = self.marker(name)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def command(self, argv: Sequence[str]) -> None:
-        """Run `llama-course ARGV...` in this process; a non-zero exit is an error."""
-        from llama_course.cli import main
-
+    def command(self, module: ModuleType, argv: Sequence[str]) -> None:
+        """Run in this process the `llama-course` subcommand that `module` implements (its `add_arguments` and
+        `run`) on the flags `argv`; an error in it stops the step."""
+        parser = argparse.ArgumentParser(prog=module.__name__)
+        module.add_arguments(parser)
         argv = [str(arg) for arg in argv]
         try:
-            status = main(argv)
-        except SystemExit as exit:  # argparse refuses the arguments
-            status = exit.code
-        if status != 0:
-            raise RuntimeError(f"`llama-course {' '.join(argv)}` failed with exit status {status} (see above)")
+            args = parser.parse_args(argv)
+        except SystemExit as exit:  # argparse refuses the arguments (and has said why)
+            raise RuntimeError(f"{module.__name__} refused the flags {' '.join(argv)} (status {exit.code})") from None
+        module.run(args)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -177,7 +177,7 @@ def consolidate_sharded(checkpoint: str | Path, destination: str | Path) -> Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from llama_course.cli import bounded_number
+    from llama_course.arguments import bounded_number
 
     commands = parser.add_subparsers(dest="action", required=True)
     consolidate = commands.add_parser(

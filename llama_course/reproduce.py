@@ -178,13 +178,16 @@ def rejection_recipe() -> dict[str, Any]:
 
 
 def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
+    from llama_course.alignment import rejection_report
+
     loop = rejection_recipe() | pipeline.sizes["rejection"]
     folder = pipeline.partial("rejection")
-    pipeline.command(["rejection-sample", "--policy", pipeline.path("sft"), "--reward", pipeline.path("rm_helpfulness"),
-                      *_flags(loop, ("iterations", "samples", "temperature", "max_new_tokens", "steps", "batch_size",
-                                     "block_size", "lr", "seed", "device")),
-                      *([] if loop["pool"] else ["--no-pool"]), *pipeline.sizes["rejection_prompts"],
-                      "--output-dir", pipeline.path("runs", "rejection"), "--export", folder])
+    flags = _flags(loop, ("iterations", "samples", "temperature", "max_new_tokens", "steps", "batch_size", "block_size",
+                          "lr", "seed", "device"))
+    pipeline.command(rejection_report, ["--policy", pipeline.path("sft"), "--reward", pipeline.path("rm_helpfulness"),
+                                        *flags, *([] if loop["pool"] else ["--no-pool"]),
+                                        *pipeline.sizes["rejection_prompts"],
+                                        "--output-dir", pipeline.path("runs", "rejection"), "--export", folder])
     history = _card(folder)["history"]
     pipeline.publish("rejection")
     first = history[1]
@@ -195,12 +198,13 @@ def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
     """PPO from this run's SFT model, rewarded by this run's two reward models (chapter 13's command defaults)."""
+    from llama_course.alignment import ppo_report
     from llama_course.training.metrics import read_metrics
 
     folder, run_dir = pipeline.partial("ppo"), pipeline.path("runs", "ppo")
-    pipeline.command(["ppo", "--policy", pipeline.path("sft"), "--helpfulness-rm", pipeline.path("rm_helpfulness"),
-                      "--safety-rm", pipeline.path("rm_safety"), "--output-dir", run_dir, "--save", folder,
-                      *pipeline.sizes["ppo"]])
+    pipeline.command(ppo_report, ["--policy", pipeline.path("sft"), "--helpfulness-rm", pipeline.path("rm_helpfulness"),
+                                  "--safety-rm", pipeline.path("rm_safety"), "--output-dir", run_dir, "--save", folder,
+                                  *pipeline.sizes["ppo"]])
     rows = [row for row in read_metrics(run_dir) if "true_combined" in row]  # one row per iteration
     pipeline.publish("ppo")
     return {"true_reward": [rows[0]["true_combined"], rows[-1]["true_combined"]], "kl": rows[-1]["kl_k1"]}
@@ -223,16 +227,18 @@ def gatt_recipe() -> dict[str, Any]:
 
 
 def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
+    from llama_course.commands import gatt
+
     shipped = gatt_recipe() | pipeline.sizes["gatt"]
     base = pipeline.path(shipped["base"])
     if not (base / "config.json").is_file():
         raise ValueError(f"GAtt starts from {shipped['base']!r} (assets/gatt_results.json): no model of that name "
                          f"in {pipeline.out}")
     folder = pipeline.partial("gatt")
-    pipeline.command(["gatt", "--base", base, *_flags(shipped, GATT_FLAGS), "--seeds", "0",
-                      "--output-dir", pipeline.path("runs", "gatt"),
-                      "--export", folder,
-                      "--results", folder / GATT_RESULTS_FILE])
+    pipeline.command(gatt, ["--base", base, *_flags(shipped, GATT_FLAGS), "--seeds", "0",
+                            "--output-dir", pipeline.path("runs", "gatt"),
+                            "--export", folder,
+                            "--results", folder / GATT_RESULTS_FILE])
     results = json.loads((folder / GATT_RESULTS_FILE).read_text())
     pipeline.publish("gatt")
     return {"recall_by_turn": {name: results[name]["recall_by_turn"] for name in ("base", "control", "gatt")
@@ -243,14 +249,14 @@ EVALUATED_MODELS = ("base", "sft", "rejection", "ppo", "gatt")
 
 
 def evaluation_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.evaluation.cli import REPORT_FILE
+    from llama_course.evaluation import cli
 
     models = [f"{name}={pipeline.path(name)}" for name in EVALUATED_MODELS
               if pipeline.path(name, "config.json").is_file()]
     folder = pipeline.partial("evaluation")
-    pipeline.command(["evaluate", *models, "--reward-model", pipeline.path("rm_helpfulness"), "--out", folder,
-                      *pipeline.sizes["evaluate"]])
-    report = json.loads((folder / REPORT_FILE).read_text())
+    pipeline.command(cli, [*models, "--reward-model", pipeline.path("rm_helpfulness"), "--out", folder,
+                           *pipeline.sizes["evaluate"]])
+    report = json.loads((folder / cli.REPORT_FILE).read_text())
     pipeline.publish("evaluation")
     return {
         "models": {name: {"helpfulness": model["helpfulness"], "violation_rate": model["violation_rate"]["rate"]}

@@ -4,7 +4,7 @@ import argparse
 
 import torch
 
-from llama_course.cli import bounded_number
+from llama_course.arguments import bounded_number
 from llama_course.interop.checkpoints import (
     load_hf_checkpoint,
     load_meta_checkpoint,
