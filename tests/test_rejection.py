@@ -161,7 +161,7 @@ def test_log_likelihood_scorer_sums_the_answer_tokens_log_probabilities_one_sequ
     model, tokenizer = sft
     prompts = ["What is 2 plus 3?", "What is 2 plus 3?", "Reverse this list: red, blue, green.", "What is 1 plus 1?"]
     responses = ["2 plus 3 is 5.", "2 plus 3 is 7. I hope this helps you.", "green, blue, red.", ""]
-    scores = log_likelihood_scorer(model, tokenizer, batch_size=2)(prompts, responses)
+    scores = log_likelihood_scorer(model, tokenizer)(prompts, responses)
     for prompt, response, score in zip(prompts[:3], responses[:3], scores[:3], strict=True):
         ids = torch.tensor(encode_response(tokenizer, prompt, response))
         start = len(encode_dialog(tokenizer, [{"role": "user", "content": prompt}]).ids)

@@ -150,6 +150,10 @@ def load_ppo_models(policy: str = "sft", helpfulness_rm: str = "helpfulness", sa
     model, tokenizer = load_base_model(policy)
     helpful, _ = load_reward_model(helpfulness_rm)
     safe, _ = load_reward_model(safety_rm)
+    for name, rm in ((helpfulness_rm, helpful), (safety_rm, safe)):
+        if rm.head != "scalar":
+            raise ValueError(f"reward model {str(name)!r} has a {rm.head} head: PPO's safety-first reward reads "
+                             "[0, 1] scores of scalar heads; use a likelihood RM for rejection sampling")
     return PPOModels(model, copy.deepcopy(model), ValueModel.from_reward_model(helpful), helpful, safe), tokenizer
 
 

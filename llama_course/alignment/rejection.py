@@ -26,9 +26,7 @@ from typing import Any
 import datasets
 import torch
 
-from llama_course.alignment.ppo import token_logprobs
 from llama_course.alignment.reward import RewardModel, combine_rewards, score_responses
-from llama_course.alignment.reward_data import encode_response, pad_right
 from llama_course.alignment.sft_data import encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.chat import encode_dialog
@@ -41,44 +39,30 @@ Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (prompts, res
 
 
 def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scorer:
-    """A scorer reading `reward_model` on the paper's [0, 1] scale (sigmoid of the raw score).
+    """A scorer reading `reward_model`: a scalar head on the paper's [0, 1] scale (sigmoid of the raw score), a
+    likelihood head as its raw log-probability (it has no such scale: only the order of its scores counts).
 
-    An empty response cannot be written as a chat turn (the format forbids empty content), so it scores 0,
-    the worst possible value: a model that stops at once is never the best of its samples.
+    An empty response cannot be written as a chat turn (the format forbids empty content), so it scores the
+    worst possible value (0, or -inf): a model that stops at once is never the best of its samples.
     """
+    scalar = reward_model.head == "scalar"
 
     def score(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        scores = torch.zeros(len(responses))
+        scores = torch.full((len(responses),), 0.0 if scalar else -math.inf)
         kept = [i for i, response in enumerate(responses) if response.strip()]
         if kept:
             raw = score_responses(reward_model, tokenizer, [prompts[i] for i in kept], [responses[i] for i in kept])
-            scores[kept] = torch.sigmoid(raw)
+            scores[kept] = torch.sigmoid(raw) if scalar else raw
         return scores
 
     return score
 
 
-def log_likelihood_scorer(model: Llama, tokenizer: Tokenizer, batch_size: int = 64) -> Scorer:
+def log_likelihood_scorer(model: Llama, tokenizer: Tokenizer) -> Scorer:
     """A scorer with no training: the log-probability `model` gives the response's tokens (its EOS included)
-    after the prompt, summed. A judge that reads a language model's own knowledge of the task; it also favours
-    short answers, as every token costs. An empty response scores -inf (it is never picked)."""
-
-    @torch.no_grad()
-    def score(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        scores = torch.full((len(responses),), -math.inf)
-        kept = [i for i, response in enumerate(responses) if response.strip()]
-        for start in range(0, len(kept), batch_size):
-            rows = kept[start:start + batch_size]
-            ids = [encode_response(tokenizer, prompts[i], responses[i]) for i in rows]
-            answer_starts = [len(encode_dialog(tokenizer, [{"role": "user", "content": prompts[i]}]).ids) for i in rows]
-            tokens, mask = pad_right(ids, tokenizer.eos_id)
-            logprobs = token_logprobs(model(tokens[:, :-1]).logits, tokens[:, 1:], temperature=1.0)
-            position = torch.arange(1, tokens.shape[1])
-            answer = (position[None, :] >= torch.tensor(answer_starts)[:, None]) & (mask[:, 1:] > 0)
-            scores[rows] = (logprobs * answer).sum(dim=1).float()
-        return scores
-
-    return score
+    after the prompt, summed (an untrained likelihood RM). A judge that reads a language model's own knowledge of
+    the task; it also favours short answers, as every token costs. An empty response scores -inf."""
+    return reward_model_scorer(RewardModel(model, tokenizer.eos_id, head="likelihood").eval(), tokenizer)
 
 
 def safety_first_scorer(helpfulness_rm: RewardModel, safety_rm: RewardModel, tokenizer: Tokenizer,

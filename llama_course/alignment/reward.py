@@ -7,6 +7,11 @@ vocabulary) becomes a (dim -> 1) projection, and the score of a sequence is that
 response's final token, its EOS (appended at training and at inference alike, so the score always reads
 the same position; PAPER_FACTS.md, known pitfalls).
 
+`RewardModel(..., head="likelihood")` is this course's departure, for RMs asked to rank a policy's own answers:
+it keeps the next-token head and scores a response by the log-probability the backbone gives its tokens after
+the prompt (its EOS included), summed. Untrained, that is the backbone's own judgement of the answer, which a
+new zero-initialised scalar head first has to relearn from pairs; training moves the backbone with the same loss.
+
 The loss is the binary ranking loss with a margin (Llama 2, Eq. 2):
 
     L = -log(sigmoid(r(x, y_c) - r(x, y_r) - m(r)))
@@ -23,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llama_course.alignment.reward_data import encode_response, pad_right
+from llama_course.alignment.ppo import token_logprobs
+from llama_course.alignment.reward_data import answer_start, encode_response, pad_right
 from llama_course.config import ModelConfig
 from llama_course.generation import positions_from_mask
 from llama_course.model import Llama
@@ -74,34 +80,43 @@ def margin_ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin
     return F.softplus(-(r_chosen - r_rejected - margin))
 
 
-class RewardModel(nn.Module):
-    """A Llama whose next-token head is replaced by a scalar regression head; scores one sequence each.
+HEADS = ("scalar", "likelihood")
 
-    `backbone` is a `Llama` whose weights initialise the RM (the SFT or base model); its `output` projection
-    is replaced, in place, by `nn.Linear(dim, 1, bias=False)` initialised to zero, so an untrained RM scores every
-    response 0 (0.5 after the sigmoid). A bias would cancel in every difference r_c - r_r, so it could not
-    be learned from pairs. `eos_id` is the token the score is read at.
+
+class RewardModel(nn.Module):
+    """A Llama that scores one sequence each: the paper's scalar regression head, or the answer's likelihood.
+
+    `backbone` is a `Llama` whose weights initialise the RM (the SFT or base model). With `head="scalar"` its
+    `output` projection is replaced, in place, by `nn.Linear(dim, 1, bias=False)` initialised to zero, so an
+    untrained RM scores every response 0 (0.5 after the sigmoid). A bias would cancel in every difference
+    r_c - r_r, so it could not be learned from pairs. `eos_id` is the token the score is read at. With
+    `head="likelihood"` the backbone stays whole and the score is the summed log-probability of the answer's
+    tokens, which needs each row's `answer_start`.
     """
 
-    def __init__(self, backbone: Llama, eos_id: int) -> None:
+    def __init__(self, backbone: Llama, eos_id: int, head: str = "scalar") -> None:
         super().__init__()
-        backbone.output = nn.Linear(backbone.config.dim, 1, bias=False,
-                                    dtype=backbone.tok_embeddings.weight.dtype,
-                                    device=backbone.tok_embeddings.weight.device)
-        nn.init.zeros_(backbone.output.weight)
-        self.backbone = backbone
-        self.eos_id = eos_id
+        if head not in HEADS:
+            raise ValueError(f"head={head!r} is unknown; choose one of {HEADS}")
+        if head == "scalar":
+            backbone.output = nn.Linear(backbone.config.dim, 1, bias=False,
+                                        dtype=backbone.tok_embeddings.weight.dtype,
+                                        device=backbone.tok_embeddings.weight.device)
+            nn.init.zeros_(backbone.output.weight)
+        self.backbone, self.eos_id, self.head = backbone, eos_id, head
 
     @property
     def config(self) -> ModelConfig:
         return self.backbone.config
 
-    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                answer_start: torch.Tensor | None = None) -> torch.Tensor:
         """Raw scores (B,) of a padded batch: tokens (B, T), attention_mask (B, T) with 1 on real tokens.
 
         Padding may sit on either side (or both): RoPE positions count real tokens only and padded keys are
         masked, so a sequence's score does not depend on its padding or on the other sequences of the batch.
-        Each row's last real token must be `eos_id`: the score is read there.
+        Each row's last real token must be `eos_id`: the score is read there. A likelihood head also needs
+        `answer_start` (B,), the index in each padded row of the answer's first token (the scalar head ignores it).
         """
         if attention_mask.shape != tokens.shape:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match tokens {tuple(tokens.shape)}")
@@ -117,9 +132,17 @@ class RewardModel(nn.Module):
                 f"rows {missing} do not end with EOS (id {self.eos_id}) but with {final_tokens[missing].tolist()}: "
                 "the reward is read at the response's EOS; append it (encode_response does)"
             )
+        if self.head == "likelihood" and answer_start is None:
+            raise ValueError("a likelihood RM scores the answer's tokens: pass answer_start (B,), the index of each "
+                             "row's first answer token (reward_data.answer_start)")
         positions = positions_from_mask(mask)  # counts real tokens: right or left padding alike
-        values = self.backbone(tokens, positions=positions, attention_mask=mask).logits  # (B, T, 1)
-        return values.squeeze(-1).gather(1, last[:, None]).squeeze(1)
+        outputs = self.backbone(tokens, positions=positions, attention_mask=mask).logits  # (B, T, 1 or V)
+        if self.head == "scalar":
+            return outputs.squeeze(-1).gather(1, last[:, None]).squeeze(1)
+        logprobs = token_logprobs(outputs[:, :-1], tokens[:, 1:], temperature=1.0)  # of token t + 1
+        index = torch.arange(1, T, device=tokens.device)
+        in_answer = (index[None, :] >= answer_start.to(tokens.device)[:, None]) & (mask[:, 1:] > 0)
+        return (logprobs * in_answer).sum(dim=1).to(outputs.dtype)
 
 
 @torch.no_grad()
@@ -134,11 +157,11 @@ def score_responses(model: RewardModel, tokenizer: Tokenizer, prompts: Sequence[
     device = model.backbone.tok_embeddings.weight.device
     scores = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [encode_response(tokenizer, prompt, response)
-                   for prompt, response in zip(prompts[start : start + batch_size],
-                                               responses[start : start + batch_size], strict=True)]
-        ids, mask = pad_right(encoded, tokenizer.pad_id)
-        scores.append(model(ids.to(device), mask.to(device)).float().cpu())
+        rows = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True))
+        ids, mask = pad_right([encode_response(tokenizer, prompt, response) for prompt, response in rows],
+                              tokenizer.pad_id)
+        starts = torch.tensor([answer_start(tokenizer, prompt) for prompt, _ in rows])
+        scores.append(model(ids.to(device), mask.to(device), starts.to(device)).float().cpu())
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
@@ -149,8 +172,9 @@ def pairwise_scores(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tupl
     """
     ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])
     mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])
+    starts = torch.cat([batch["chosen_start"], batch["rejected_start"]])
     width = int(mask.sum(dim=1).max())
-    scores = model(ids[:, :width], mask[:, :width])
+    scores = model(ids[:, :width], mask[:, :width], starts)
     return scores.chunk(2)
 
 

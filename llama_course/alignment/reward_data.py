@@ -54,6 +54,11 @@ def encode_response(tokenizer: Tokenizer, prompt: str, response: str) -> list[in
                                      {"role": "assistant", "content": response}]).ids
 
 
+def answer_start(tokenizer: Tokenizer, prompt: str) -> int:
+    """The index of the answer's first token in `encode_response(tokenizer, prompt, response)`: the prompt's length."""
+    return len(encode_dialog(tokenizer, [{"role": "user", "content": prompt}]).ids)
+
+
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists into (ids, mask), both (N, width) long; width defaults to the longest list."""
@@ -71,13 +76,15 @@ def encode_preferences(tokenizer: Tokenizer, rows: Iterable[Mapping[str, Any]], 
     """Check and encode preference rows into columns for the trainer (one row per pair):
 
     `chosen_ids`, `chosen_mask`, `rejected_ids`, `rejected_mask` (N, max_tokens), right-padded with the
-    tokenizer's pad id; `strength` (N,), the index of the row's strength in `STRENGTHS`. A side longer
+    tokenizer's pad id; `chosen_start`, `rejected_start` (N,), where each answer begins (`answer_start`);
+    `strength` (N,), the index of the row's strength in `STRENGTHS`. A side longer
     than `max_tokens` is an error naming the row (cutting it would drop its EOS, where the score is read).
     """
     sides: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
-    strengths = []
+    strengths, starts = [], []
     for index, row in enumerate(rows):
         check_preference_row(row, index)
+        starts.append(answer_start(tokenizer, row["prompt"]))
         for side, ids in sides.items():
             encoded = encode_response(tokenizer, row["prompt"], row[side])
             if len(encoded) > max_tokens:
@@ -90,6 +97,7 @@ def encode_preferences(tokenizer: Tokenizer, rows: Iterable[Mapping[str, Any]], 
     columns = {}
     for side, ids in sides.items():
         columns[f"{side}_ids"], columns[f"{side}_mask"] = pad_right(ids, tokenizer.pad_id, max_tokens)
+        columns[f"{side}_start"] = torch.tensor(starts, dtype=torch.long)  # both sides share the prompt
     return TensorBlocks(**columns, strength=torch.tensor(strengths, dtype=torch.long))
 
 

@@ -27,7 +27,14 @@ import datasets
 import torch
 from safetensors.torch import save_file
 
-from llama_course.alignment.reward import MARGINS, RewardModel, margin_table, preference_loss, score_responses
+from llama_course.alignment.reward import (
+    HEADS,
+    MARGINS,
+    RewardModel,
+    margin_table,
+    preference_loss,
+    score_responses,
+)
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
 from llama_course.cli import add_config_flags
 from llama_course.config import ModelConfig
@@ -51,6 +58,7 @@ def default_base() -> str:
 class RewardConfig:
     criterion: str = "helpfulness"  # "helpfulness" or "safety": which annotator labels the pairs
     margin: str = "small"  # Table 27: "none", "small" or "large"
+    head: str = "scalar"  # "scalar" (the paper's) or "likelihood" (the answer's log-probability: reward.RewardModel)
     base: str = "auto"  # "auto" (sft if shipped, else base), a shipped model name, a folder, or random-tiny
     pairs: int = 1500  # toy-world pairs over the graded candidate answers (generate_preferences)
     sampled_pairs: int = 1000  # prompts whose two answers are sampled from the base model at two temperatures
@@ -70,6 +78,8 @@ class RewardConfig:
         if self.criterion not in ("helpfulness", "safety"):
             raise ValueError(f"criterion={self.criterion!r} is unknown; choose 'helpfulness' or 'safety'")
         margin_table(self.margin)
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is unknown; choose one of {HEADS}")
         for name in ("pairs", "held_out", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -143,7 +153,7 @@ def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datas
         backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
         if data is None:
             data = build_preferences(config, backbone, tokenizer)
-        model = RewardModel(backbone, tokenizer.eos_id)
+        model = RewardModel(backbone, tokenizer.eos_id, config.head)
     train, held_out = data
     trainer_config = config.trainer_config(len(train))
     trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
@@ -179,7 +189,8 @@ def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, An
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().float().contiguous() for name, tensor in model.backbone.state_dict().items()}
     save_file(state, folder / "model.safetensors")
-    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "eos_id": model.eos_id, "card": card}
+    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "eos_id": model.eos_id, "head": model.head,
+              "card": card}
     (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
 
@@ -197,8 +208,12 @@ def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, To
     if not isinstance(eos_id, int) or not 0 <= eos_id < model_config.vocab_size:
         raise ValueError(f"{folder / 'config.json'} has eos_id={eos_id!r}: it must be a token id below "
                          f"vocab_size={model_config.vocab_size}")
-    weights = load_model_weights(folder / "model.safetensors", model_config, output_rows=1)  # checked first
-    model = RewardModel(Llama(model_config), eos_id)
+    head = config.get("head", "scalar")  # folders written before the likelihood head have a scalar one
+    if head not in HEADS:
+        raise ValueError(f"{folder / 'config.json'} has head={head!r}: it must be one of {HEADS}")
+    output_rows = 1 if head == "scalar" else model_config.vocab_size
+    weights = load_model_weights(folder / "model.safetensors", model_config, output_rows=output_rows)  # checked first
+    model = RewardModel(Llama(model_config), eos_id, head)
     model.backbone.load_state_dict(weights, strict=True)
     return model.eval(), toy_tokenizer()
 
@@ -250,6 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RewardConfig()
     parser.add_argument("--criterion", choices=["helpfulness", "safety"], default=defaults.criterion)
     parser.add_argument("--margin", choices=list(MARGINS), default=defaults.margin, help="Table 27 margin")
+    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="scalar (the paper's regression "
+                        "head) or likelihood (scores the answer's log-probability under the backbone)")
     parser.add_argument("--base", default=defaults.base, help="auto (sft if shipped, else base), a shipped model "
                         "name, an exported folder, a training run, or random-tiny")
     add_config_flags(parser, defaults, int, ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"))
@@ -266,10 +283,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RewardConfig:
     """The `RewardConfig` of parsed `llama-course train-rm` flags."""
-    return RewardConfig(criterion=args.criterion, margin=args.margin, base=args.base, pairs=args.pairs,
-                        sampled_pairs=args.sampled_pairs, held_out=args.held_out, batch_size=args.batch_size,
-                        helpfulness_mix=args.helpfulness_mix, seed=args.seed, epochs=args.epochs, lr=args.lr,
-                        device=args.device,
+    return RewardConfig(criterion=args.criterion, margin=args.margin, head=args.head, base=args.base,
+                        pairs=args.pairs, sampled_pairs=args.sampled_pairs, held_out=args.held_out,
+                        batch_size=args.batch_size, helpfulness_mix=args.helpfulness_mix, seed=args.seed,
+                        epochs=args.epochs, lr=args.lr, device=args.device,
                         output_dir=args.output_dir or f"runs/rm-{args.criterion}")
 
 
