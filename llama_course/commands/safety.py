@@ -3,14 +3,16 @@
     llama-course safety --seeds 0 1 2 --results llama_course/assets/safety_results.json
     llama-course safety distill --seeds 0 1 2 --results llama_course/assets/safety_distillation_results.json
     llama-course safety pretraining --results llama_course/assets/safety_pretraining_results.json
+    llama-course safety redteam --seeds 0 1 2 --results llama_course/assets/safety_redteam_results.json
 
 `scaling` (the default part) fine-tunes the SFT model on the fixed helpfulness data plus 0%, 10%, 25%, 50% and
 100% of the safety data, for each seed; `distill` distils the 0% model of each seed with a plain and a
 targeted safety preprompt (context distillation). Each model is measured on held-out unsafe, borderline and
 task prompts and the results are written with 95% intervals. `pretraining` counts the unsafe documents of
-the base model's corpus and the unsafe continuations of toxic openings by the base and SFT models. Every
-measurement is kept under `--output-dir` (`scaling/`, `distill/`, `pretraining/`) as it finishes: rerun the
-same command to resume.
+the base model's corpus and the unsafe continuations of toxic openings by the base and SFT models.
+`redteam` attacks the SFT model automatically for `--rounds` rounds, trains it on safe answers to the attacks
+that succeeded, and attacks both models afresh. Every measurement is kept under `--output-dir` (`scaling/`,
+`distill/`, `pretraining/`, `redteam/`) as it finishes: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from typing import Any
 from llama_course.experiments.safety import ScalingConfig, run_scaling
 from llama_course.experiments.safety_distillation import DistillationConfig, run_distillation
 from llama_course.experiments.safety_pretraining import PretrainingSafetyConfig, run_pretraining_safety
+from llama_course.experiments.safety_redteam import RedTeamConfig, run_redteam
 
-PARTS = ("scaling", "distill", "pretraining")
+PARTS = ("scaling", "distill", "pretraining", "redteam")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults, distill = ScalingConfig(), DistillationConfig()
+    defaults, distill, redteam = ScalingConfig(), DistillationConfig(), RedTeamConfig()
     parser.add_argument("part", nargs="?", choices=PARTS, default="scaling",
-                        help="which experiment: safety data scaling (default), context distillation, or the "
-                        "pretraining data and toxic continuations")
+                        help="which experiment: safety data scaling (default), context distillation, the "
+                        "pretraining data and toxic continuations, or automated red teaming")
     parser.add_argument("--base", default=defaults.base, help="model every mix fine-tunes (see load_base_model)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/safety"),
                         help="run directory (resumable: one folder per model)")
@@ -45,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unsafe requests with safe answers: the 100%% safety data")
     parser.add_argument("--fractions", type=float, nargs="+", default=defaults.fractions,
                         help="shares of the safety pool, each a fine-tuned model (scaling)")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over each mix's blocks")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
+    parser.add_argument("--epochs", type=float, help=f"passes over each mix's blocks (default {defaults.epochs:g}; "
+                        f"redteam's safety round {redteam.epochs:g})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate, cosine to 10%% (default {defaults.lr:g}; "
+                        f"redteam's safety round {redteam.lr:g})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per step")
     parser.add_argument("--eval-unsafe", type=int, default=defaults.eval_unsafe, help="held-out unsafe requests")
     parser.add_argument("--eval-borderline", type=int, default=defaults.eval_borderline,
@@ -63,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of each continuation (pretraining)")
     parser.add_argument("--models", nargs="+", default=pretraining.models,
                         help="shipped models continuing the openings, the first the reference (pretraining)")
+    parser.add_argument("--rounds", type=int, default=redteam.rounds, help="attack rounds (redteam)")
+    parser.add_argument("--attempts", type=int, default=redteam.attempts, help="attacks asked per round (redteam)")
+    parser.add_argument("--tasks-per-attack", type=int, default=redteam.tasks_per_attack,
+                        help="normal tasks per safe answer in the safety round (redteam)")
     parser.add_argument("--results", type=Path, help="write the results (with 95%% intervals) as JSON here")
 
 
@@ -74,7 +83,7 @@ def _interval(metric: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> None:
     fields = {field.name for field in dataclasses.fields(ScalingConfig)}
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()
-              if key in fields}
+              if key in fields and value is not None}
     scaling = ScalingConfig(**values)
     start = time.time()
     if args.part == "scaling":
@@ -90,9 +99,22 @@ def run(args: argparse.Namespace) -> None:
                   f"[{share['low']:.4%}, {share['high']:.4%}]")
         rows = {f"unsafe continuations {name:>5}": {"rate": {"mean": measured["unsafe"]}}
                 for name, measured in results["continuations"].items()}
+    elif args.part == "redteam":
+        recipe = {name: getattr(args, name) for name in ("epochs", "lr") if getattr(args, name) is not None}
+        config = RedTeamConfig(base=args.base, rounds=args.rounds, attempts=args.attempts,
+                               tasks_per_attack=args.tasks_per_attack, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, eval=scaling, **recipe)
+        results = run_redteam(config, args.seeds, args.output_dir / "redteam")
+        summary = results["summary"]
+        for name in ("red_team", "fresh_original", "fresh_retrained"):
+            print(f"{name:>15} success rate per round: "
+                  + ", ".join(f"{r['rate']:.3f}" for r in summary[name]["success_rate"]))
+        rows = {"fresh attack replayed": {k: {"mean": v} for k, v in summary["fresh_replay"].items()}}
+        rows |= {f"cost {metric}": {"difference": {"mean": values["difference"]}}
+                 for metric, values in summary["costs"].items()}
     else:
         config = DistillationConfig(scaling=scaling, unsafe=args.distill_unsafe, borderline=args.distill_borderline,
-                                    tasks=args.distill_tasks, epochs=args.epochs, lr=args.lr,
+                                    tasks=args.distill_tasks, epochs=scaling.epochs, lr=scaling.lr,
                                     batch_size=args.batch_size)
         results = run_distillation(config, args.seeds, args.output_dir)
         rows = {f"distillation {variant:>8}": metrics for variant, metrics in results["summary"].items()}
