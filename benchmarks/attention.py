@@ -23,7 +23,7 @@ import torch
 
 from llama_course.config import ModelConfig
 from llama_course.layers.attention import ATTENTION_BACKENDS
-from llama_course.profiling import attention_costs, checkpoint_costs
+from llama_course.measurements.profiling import attention_costs, checkpoint_costs
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from llama_course.config import PRESETS
+from llama_course.measurements.profiling import interleaved_seconds, timing_summary
 from llama_course.model import Llama
-from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training import TensorBlocks, Trainer, TrainerConfig, causal_lm_loss
 
 

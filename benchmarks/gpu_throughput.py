@@ -45,8 +45,8 @@ import torch.distributed as dist
 from training import hf_causal_lm_loss, hf_llama
 
 from llama_course.config import PRESETS, count_parameters
+from llama_course.measurements.profiling import interleaved_seconds, timing_summary
 from llama_course.model import Llama
-from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training import TensorBlocks, Trainer, TrainerConfig, causal_lm_loss
 from llama_course.training.activation_checkpointing import CHECKPOINT_MODES
 from llama_course.training.mfu import measure_matmul_flops, model_flops_utilization, training_flops_per_token

@@ -31,8 +31,8 @@ import transformers
 from llama_course.config import PRESETS, count_parameters
 from llama_course.generation import generate
 from llama_course.interop import hf_config_from_model_config, to_hf_state_dict
+from llama_course.measurements.profiling import interleaved_seconds, timing_summary
 from llama_course.model import IGNORE_INDEX, Llama
-from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training.mfu import measure_matmul_flops, model_flops_utilization, training_flops_per_token
 
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from llama_course.config import PRESETS
+from llama_course.measurements.profiling import interleaved_seconds, timing_summary
 from llama_course.model import IGNORE_INDEX, Llama
-from llama_course.profiling import interleaved_seconds, timing_summary
 from llama_course.training import LossSum, TensorBlocks, Trainer, TrainerConfig, causal_lm_loss
 from llama_course.training.mfu import measure_matmul_flops, model_flops_utilization, training_flops_per_token
 

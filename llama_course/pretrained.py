@@ -107,7 +107,7 @@ def export_pretrained(
     The card records the step, tokens, final validation loss, the pretraining config, and the grammar score
     of `samples` stories sampled at temperature 1 (`story_samples.sampled_grammar_score`). Returns the card.
     """
-    from llama_course.story_samples import sampled_grammar_score
+    from llama_course.measurements.story_samples import sampled_grammar_score
     from llama_course.training.checkpoint import latest_checkpoint, read_trainer_state
     from llama_course.training.metrics import read_metrics
 
@@ -151,7 +151,7 @@ def rescore_pretrained(
     folder: str | Path, temperatures: list[float], *, samples: int = 128, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """Measure the grammar score of an exported folder at several sampling temperatures; stored in its card."""
-    from llama_course.story_samples import grammar_by_temperature
+    from llama_course.measurements.story_samples import grammar_by_temperature
 
     folder = Path(folder)
     model, tokenizer = load_pretrained_folder(folder)

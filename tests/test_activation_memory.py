@@ -8,7 +8,8 @@ import torch
 import torch.multiprocessing as mp
 from local_processes import free_port, set_process_env
 
-from llama_course.activation_memory import (
+from llama_course.config import PRESETS, count_parameters
+from llama_course.measurements.activation_memory import (
     SCHEMES,
     ScaleOutPlan,
     communication_per_step,
@@ -19,7 +20,6 @@ from llama_course.activation_memory import (
     measure_block_activation_bytes,
     per_gpu_memory,
 )
-from llama_course.config import PRESETS, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,8 @@ import torch
 
 from llama_course.config import ATTENTION_BACKEND_NAMES, ModelConfig
 from llama_course.layers.rope import rope_angles
+from llama_course.measurements.profiling import bytes_kept_for_backward
 from llama_course.model import Llama, TransformerBlock
-from llama_course.profiling import bytes_kept_for_backward
 from llama_course.training.activation_checkpointing import (
     CHECKPOINT_MODES,
     CheckpointedTransformerBlock,

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llama_course.layers.attention import ATTENTION_BACKENDS
 from llama_course.layers.efficient_attention import memory_efficient_attention, memory_efficient_backend
-from llama_course.profiling import bytes_kept_for_backward
+from llama_course.measurements.profiling import bytes_kept_for_backward
 
 
 def reference_attention(q, k, v, *, offset=0, mask=None):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llama_course.config import PRESETS
-from llama_course.kv_memory import kv_cache_bytes
+from llama_course.measurements.kv_memory import kv_cache_bytes
 from llama_course.model import Llama
 
 

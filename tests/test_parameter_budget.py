@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from llama_course.config import PRESETS, count_parameters
+from llama_course.measurements.parameter_budget import GROUPS, group_of, parameter_breakdown, parameter_groups_of_model
 from llama_course.model import Llama
-from llama_course.parameter_budget import GROUPS, group_of, parameter_breakdown, parameter_groups_of_model
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from llama_course.config import ModelConfig, count_parameters
+from llama_course.measurements.story_samples import GrammarScore, grammar_score, sample_stories
 from llama_course.model import Llama
 from llama_course.pretrained import (
     ASSETS_DIR,
@@ -22,7 +23,6 @@ from llama_course.pretrained import (
     pretrained_card,
     shipped_models,
 )
-from llama_course.story_samples import GrammarScore, grammar_score, sample_stories
 from llama_course.toyworld import check_story, generate_stories, toy_tokenizer
 from llama_course.training.pretrain import load_config
 from llama_course.training.trainer import TrainerConfig

@@ -6,7 +6,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from llama_course.config import ModelConfig
-from llama_course.profiling import (
+from llama_course.measurements.profiling import (
     attention_costs,
     bytes_kept_for_backward,
     checkpoint_costs,

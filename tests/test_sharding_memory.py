@@ -6,12 +6,12 @@ import sys
 import pytest
 
 from llama_course.config import PRESETS, count_parameters
-from llama_course.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, read_reports
+from llama_course.measurements.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, read_reports
 
 
 def test_ddp_replicates_and_fsdp_shards_the_16_bytes_per_parameter(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-               "llama_course.sharding_memory", "--preset", "tiny", "--output", str(tmp_path)]
+               "llama_course.measurements.sharding_memory", "--preset", "tiny", "--output", str(tmp_path)]
     launch = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert launch.returncode == 0, launch.stderr[-3000:]
     reports = read_reports(tmp_path)

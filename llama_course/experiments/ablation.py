@@ -44,9 +44,9 @@ from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import cached_json, load_results_file
 from llama_course.interop.configs import ffn_rule_for_hidden_dim
 from llama_course.layers.cross_entropy import IGNORE_INDEX
+from llama_course.measurements.profiling import interleaved_seconds
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
-from llama_course.profiling import interleaved_seconds
 from llama_course.training.batches import evaluation_batches
 from llama_course.training.optim import AdamWConfig, build_optimizer
 from llama_course.training.trainer import NonFiniteLossError, Trainer, TrainerConfig, causal_lm_loss

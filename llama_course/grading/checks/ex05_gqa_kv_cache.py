@@ -11,9 +11,9 @@ from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.experiments.ablation import SWEEPS, matched_ffn
 from llama_course.grading.assertions import assert_equal, assert_tensor_close
 from llama_course.grading.registry import Exercise
-from llama_course.kv_memory import kv_cache_bytes
 from llama_course.layers.attention import causal_mask, repeat_kv
 from llama_course.layers.kv_cache import KVCache
+from llama_course.measurements.kv_memory import kv_cache_bytes
 
 EXERCISE = Exercise(chapter=5, name="05_gqa_kv_cache", title="Grouped-query attention and the KV cache")
 

@@ -15,8 +15,8 @@ from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.grading.assertions import assert_equal, assert_number_close, assert_tensor_close, raises_value_error
 from llama_course.grading.checks.tensor_parallel_swiglu import on_gloo_ranks, random_swiglu, reference_shards
 from llama_course.grading.registry import Exercise
+from llama_course.measurements.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, rank_state_bytes
 from llama_course.model import Llama
-from llama_course.sharding_memory import BYTES_PER_PARAMETER, expected_rank_bytes, rank_state_bytes
 from llama_course.training.mfu import model_flops_utilization, training_flops_per_token
 from llama_course.training.optim import AdamWConfig, build_optimizer
 

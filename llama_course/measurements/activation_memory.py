@@ -27,7 +27,7 @@ GPU holds and sends per step under FSDP alone or TP + SP + data parallelism (cha
 `measure_block_activation_bytes` measures the same quantity on a real `TransformerBlock` (optionally split over a
 tensor mesh) with `profiling.bytes_kept_for_backward`. Run on 2 CPU processes, it writes `rank{r}.json`:
 
-    torchrun --nproc_per_node 2 -m llama_course.activation_memory --output runs/activations
+    torchrun --nproc_per_node 2 -m llama_course.measurements.activation_memory --output runs/activations
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from llama_course.config import PRESETS, ModelConfig, count_parameters
 from llama_course.layers.rope import rope_angles
+from llama_course.measurements.profiling import bytes_kept_for_backward
 from llama_course.model import TransformerBlock
-from llama_course.profiling import bytes_kept_for_backward
 from llama_course.training.distributed import init_distributed, shutdown_distributed
 from llama_course.training.parallel import block_plan, check_tensor_parallel_degree, shard_attention_heads
 

@@ -9,7 +9,7 @@ parameter, `DTensor.to_local()`: the rank's own shard).
 
 Run it under torchrun; every rank writes `rank{r}.json` into the output folder:
 
-    torchrun --nproc_per_node 2 -m llama_course.sharding_memory --output runs/memory
+    torchrun --nproc_per_node 2 -m llama_course.measurements.sharding_memory --output runs/memory
 """
 
 from __future__ import annotations
