@@ -10,6 +10,7 @@ import torch
 from llama_course.alignment.reward import (
     MARGINS,
     RewardModel,
+    calibrate,
     combine_rewards,
     margin_ranking_loss,
     margins_for,
@@ -155,6 +156,20 @@ def test_likelihood_head_sums_the_answer_log_probabilities_on_either_padding_sid
         RewardModel(tiny_llama(), eos_id=2, head="linear")
 
 
+def test_calibration_standardises_a_likelihood_heads_scores():
+    tokenizer = toy_tokenizer()
+    rows = generate_preferences(8, seed=3)
+    model = RewardModel(load_base_model("base")[0], tokenizer.eos_id, head="likelihood").eval()
+    raw = score_responses(model, tokenizer, rows["prompt"], rows["chosen"]).double()
+    calibrate(model, tokenizer, rows["prompt"], rows["chosen"])
+    standardised = score_responses(model, tokenizer, rows["prompt"], rows["chosen"]).double()
+    assert (model.offset, model.scale) == pytest.approx((float(raw.mean()), float(raw.std())), rel=1e-6)
+    assert float(standardised.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(standardised.std()) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="only a likelihood head is calibrated"):
+        calibrate(RewardModel(tiny_llama(), eos_id=2), tokenizer, rows["prompt"], rows["chosen"])
+
+
 def test_likelihood_rm_learns_pairs_and_round_trips(tmp_path):
     # Untrained, a likelihood RM is the backbone's judgement; a few steps of the margin loss move it towards the
     # annotators': the training loss falls, and the saved folder scores exactly as the model in memory.
@@ -170,10 +185,15 @@ def test_likelihood_rm_learns_pairs_and_round_trips(tmp_path):
             total = loss(rm.eval(), batch)
         return float(total.total / total.count)
 
-    before = mean_loss(RewardModel(backbone, tokenizer.eos_id, head="likelihood"))
+    untrained = RewardModel(backbone, tokenizer.eos_id, head="likelihood")
     model, tokenizer, card = train_reward_model(config, data)
     assert card["steps"] == 4 and card["reward_config"]["head"] == "likelihood"
-    assert mean_loss(model) < before - 0.05, (before, mean_loss(model))
+    # training standardised the scores on its first 256 pairs' answers before the first step
+    rows = data[0].select(range(64))
+    calibrate(untrained, tokenizer, list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"]))
+    assert (untrained.offset, untrained.scale) == pytest.approx((model.offset, model.scale), rel=1e-9)
+    assert model.offset < -1 and model.scale > 1  # summed log-probabilities of whole answers, in nats
+    assert mean_loss(model) < mean_loss(untrained) - 0.05, (mean_loss(untrained), mean_loss(model))
     save_reward_model(model, tmp_path / "rm", card)
     loaded, _ = load_reward_model(tmp_path / "rm")
     assert loaded.head == "likelihood"

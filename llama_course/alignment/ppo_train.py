@@ -150,10 +150,6 @@ def load_ppo_models(policy: str = "sft", helpfulness_rm: str = "helpfulness", sa
     model, tokenizer = load_base_model(policy)
     helpful, _ = load_reward_model(helpfulness_rm)
     safe, _ = load_reward_model(safety_rm)
-    for name, rm in ((helpfulness_rm, helpful), (safety_rm, safe)):
-        if rm.head != "scalar":
-            raise ValueError(f"reward model {str(name)!r} has a {rm.head} head: PPO's safety-first reward reads "
-                             "[0, 1] scores of scalar heads; use a likelihood RM for rejection sampling")
     return PPOModels(model, copy.deepcopy(model), ValueModel.from_reward_model(helpful), helpful, safe), tokenizer
 
 
@@ -192,8 +188,9 @@ def score_rollout(models: PPOModels, rollout: Rollout, config: PPOConfig, tokeni
     """
     device = models.helpfulness.backbone.output.weight.device
     tokens, mask = (t.to(device) for t in reward_model_inputs(rollout, tokenizer.eos_id, tokenizer.pad_id))
-    helpful = torch.sigmoid(models.helpfulness(tokens, mask)).double().cpu()
-    safe = torch.sigmoid(models.safety(tokens, mask)).double().cpu()
+    starts = torch.full((len(rollout),), rollout.prompt_width, device=device)  # every answer starts at column P
+    helpful = torch.sigmoid(models.helpfulness(tokens, mask, starts)).double().cpu()
+    safe = torch.sigmoid(models.safety(tokens, mask, starts)).double().cpu()
     is_safety = torch.tensor([is_safety_prompt(prompt) for prompt in rollout.prompts])
     threshold = 0.0 if config.reward == "helpfulness" else config.safety_threshold
     rule = torch.zeros_like(is_safety) if config.reward == "helpfulness" else is_safety

@@ -38,31 +38,36 @@ from llama_course.training.trainer import Trainer, TrainerConfig
 Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (prompts, responses) -> (N,) scores
 
 
-def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scorer:
-    """A scorer reading `reward_model`: a scalar head on the paper's [0, 1] scale (sigmoid of the raw score), a
-    likelihood head as its raw log-probability (it has no such scale: only the order of its scores counts).
+def raw_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scorer:
+    """A scorer reading `reward_model`'s raw scores (`reward.score_responses`).
 
-    An empty response cannot be written as a chat turn (the format forbids empty content), so it scores the
-    worst possible value (0, or -inf): a model that stops at once is never the best of its samples.
+    An empty response cannot be written as a chat turn (the format forbids empty content), so it scores -inf,
+    the worst possible value: a model that stops at once is never the best of its samples.
     """
-    scalar = reward_model.head == "scalar"
 
     def score(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        scores = torch.full((len(responses),), 0.0 if scalar else -math.inf)
+        scores = torch.full((len(responses),), -math.inf)
         kept = [i for i, response in enumerate(responses) if response.strip()]
         if kept:
-            raw = score_responses(reward_model, tokenizer, [prompts[i] for i in kept], [responses[i] for i in kept])
-            scores[kept] = torch.sigmoid(raw) if scalar else raw
+            scores[kept] = score_responses(reward_model, tokenizer, [prompts[i] for i in kept],
+                                           [responses[i] for i in kept])
         return scores
 
     return score
 
 
+def reward_model_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scorer:
+    """A scorer reading `reward_model` on the paper's [0, 1] scale (sigmoid of the raw score; 0 for an empty
+    response)."""
+    raw = raw_scorer(reward_model, tokenizer)
+    return lambda prompts, responses: torch.sigmoid(raw(prompts, responses))
+
+
 def log_likelihood_scorer(model: Llama, tokenizer: Tokenizer) -> Scorer:
     """A scorer with no training: the log-probability `model` gives the response's tokens (its EOS included)
-    after the prompt, summed (an untrained likelihood RM). A judge that reads a language model's own knowledge of
-    the task; it also favours short answers, as every token costs. An empty response scores -inf."""
-    return reward_model_scorer(RewardModel(model, tokenizer.eos_id, head="likelihood").eval(), tokenizer)
+    after the prompt, summed (an untrained, uncalibrated likelihood RM's raw score). A judge that reads a language
+    model's own knowledge of the task; it also favours short answers, as every token costs."""
+    return raw_scorer(RewardModel(model, tokenizer.eos_id, head="likelihood").eval(), tokenizer)
 
 
 def safety_first_scorer(helpfulness_rm: RewardModel, safety_rm: RewardModel, tokenizer: Tokenizer,
@@ -338,7 +343,9 @@ __all__ = [
     "expected_order_statistic",
     "finetune_on_answers",
     "held_out_reward",
+    "log_likelihood_scorer",
     "max_and_median_curves",
+    "raw_scorer",
     "reward_model_scorer",
     "rejection_sampling",
     "safety_first_scorer",

@@ -9,8 +9,10 @@ the same position; PAPER_FACTS.md, known pitfalls).
 
 `RewardModel(..., head="likelihood")` is this course's departure, for RMs asked to rank a policy's own answers:
 it keeps the next-token head and scores a response by the log-probability the backbone gives its tokens after
-the prompt (its EOS included), summed. Untrained, that is the backbone's own judgement of the answer, which a
-new zero-initialised scalar head first has to relearn from pairs; training moves the backbone with the same loss.
+the prompt (its EOS included), summed, then standardised, `(log p - offset) / scale` (`calibrate`: the mean and
+spread of its scores on its training answers, so the margins and the sigmoid mean what they mean for a scalar
+head). Untrained, that is the backbone's own judgement of the answer, which a new zero-initialised scalar head
+first has to relearn from pairs; training moves the backbone with the same loss.
 
 The loss is the binary ranking loss with a margin (Llama 2, Eq. 2):
 
@@ -91,7 +93,7 @@ class RewardModel(nn.Module):
     untrained RM scores every response 0 (0.5 after the sigmoid). A bias would cancel in every difference
     r_c - r_r, so it could not be learned from pairs. `eos_id` is the token the score is read at. With
     `head="likelihood"` the backbone stays whole and the score is the summed log-probability of the answer's
-    tokens, which needs each row's `answer_start`.
+    tokens, standardised by `offset` and `scale` (0 and 1 until `calibrate`), which needs each row's `answer_start`.
     """
 
     def __init__(self, backbone: Llama, eos_id: int, head: str = "scalar") -> None:
@@ -104,6 +106,7 @@ class RewardModel(nn.Module):
                                         device=backbone.tok_embeddings.weight.device)
             nn.init.zeros_(backbone.output.weight)
         self.backbone, self.eos_id, self.head = backbone, eos_id, head
+        self.offset, self.scale = 0.0, 1.0  # a likelihood head's standardisation (`calibrate`)
 
     @property
     def config(self) -> ModelConfig:
@@ -142,7 +145,22 @@ class RewardModel(nn.Module):
         logprobs = token_logprobs(outputs[:, :-1], tokens[:, 1:], temperature=1.0)  # of token t + 1
         index = torch.arange(1, T, device=tokens.device)
         in_answer = (index[None, :] >= answer_start.to(tokens.device)[:, None]) & (mask[:, 1:] > 0)
-        return (logprobs * in_answer).sum(dim=1).to(outputs.dtype)
+        return ((logprobs * in_answer).sum(dim=1).to(outputs.dtype) - self.offset) / self.scale
+
+
+@torch.no_grad()
+def calibrate(model: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> None:
+    """Set a likelihood head's `offset` and `scale` to the mean and standard deviation of its log-probabilities
+    of `responses` (e.g. its training answers), so its scores are standardised like a scalar head's logits."""
+    if model.head != "likelihood":
+        raise ValueError(f"only a likelihood head is calibrated; this RM has a {model.head} head")
+    model.offset, model.scale = 0.0, 1.0
+    was_training = model.training
+    scores = score_responses(model.eval(), tokenizer, prompts, responses).double()
+    model.train(was_training)
+    if len(scores) < 2 or not float(scores.std()) > 0:
+        raise ValueError(f"calibrating needs at least 2 responses whose log-probabilities differ, got {len(scores)}")
+    model.offset, model.scale = float(scores.mean()), float(scores.std())
 
 
 @torch.no_grad()

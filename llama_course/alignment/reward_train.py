@@ -31,6 +31,7 @@ from llama_course.alignment.reward import (
     HEADS,
     MARGINS,
     RewardModel,
+    calibrate,
     margin_table,
     preference_loss,
     score_responses,
@@ -155,6 +156,9 @@ def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datas
             data = build_preferences(config, backbone, tokenizer)
         model = RewardModel(backbone, tokenizer.eos_id, config.head)
     train, held_out = data
+    if model.head == "likelihood" and start is None:  # standardise on (up to 512 of) the training answers
+        rows = train.select(range(min(256, len(train))))
+        calibrate(model, tokenizer, list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"]))
     trainer_config = config.trainer_config(len(train))
     trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
                       config.output_dir, loss_fn=preference_loss(config.margin),
@@ -190,7 +194,7 @@ def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, An
     state = {name: tensor.detach().float().contiguous() for name, tensor in model.backbone.state_dict().items()}
     save_file(state, folder / "model.safetensors")
     config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "eos_id": model.eos_id, "head": model.head,
-              "card": card}
+              "offset": model.offset, "scale": model.scale, "card": card}
     (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
 
@@ -214,6 +218,11 @@ def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, To
     output_rows = 1 if head == "scalar" else model_config.vocab_size
     weights = load_model_weights(folder / "model.safetensors", model_config, output_rows=output_rows)  # checked first
     model = RewardModel(Llama(model_config), eos_id, head)
+    model.offset, model.scale = config.get("offset", 0.0), config.get("scale", 1.0)
+    if not (isinstance(model.offset, float | int) and isinstance(model.scale, float | int) and model.scale > 0
+            and math.isfinite(model.offset) and math.isfinite(model.scale)):
+        raise ValueError(f"{folder / 'config.json'} has offset={model.offset!r}, scale={model.scale!r}: they must be "
+                         "finite numbers and the scale positive")
     model.backbone.load_state_dict(weights, strict=True)
     return model.eval(), toy_tokenizer()
 
