@@ -31,6 +31,7 @@ Every attack run and measurement is cached under `output_dir` as it finishes, so
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import re
 import time
@@ -290,10 +291,11 @@ def red_team(model: Llama, tokenizer: Tokenizer, config: RedTeamConfig, attacker
              exclude_requests: frozenset[str] | set[str] = frozenset(), tried: set | None = None, desc: str = "red team"
              ) -> list[list[dict[str, Any]]]:
     """`config.rounds` rounds of `config.attempts` attacks on `model` by the attacker seeded `attacker_seed`
-    (fresh requests drawn outside `exclude_requests`, no candidate whose key is in `tried`): each round's
-    judged attempts (`judge_attacks`)."""
+    (`rounds * attempts` distinct fresh requests outside `exclude_requests`; no candidate whose key is in
+    `tried`): each round's judged attempts (`judge_attacks`)."""
     rng = random.Random(attacker_seed)
-    requests = iter(unsafe_requests(config.rounds * config.attempts, rng, set(exclude_requests)))
+    # distinct fresh requests, reused in turn once all are drawn (an attack is still never asked twice)
+    requests = itertools.cycle(unsafe_requests(config.rounds * config.attempts, rng, set(exclude_requests)))
 
     def fresh() -> Attack:
         prompt, safe_answer, _ = next(requests)
