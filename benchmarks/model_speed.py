@@ -14,7 +14,7 @@ disturbance of the machine hits all of them; each reports the median of its roun
 Where the difference comes from: in training, the output projection fused with the loss
 (`layers/cross_entropy.py`) never allocates the full logits and reuses one buffer, which on a CPU saves the page
 faults of fresh 100+ MB tensors; in decoding, our output head multiplies by a (dim, vocab) copy of its weight
-(`layers/output_head.py`), which MKL streams about 2.5x faster than the (vocab, dim) weight used transposed.
+(`generation.cpu_decoding_layout`), which MKL streams about 2.5x faster than the (vocab, dim) weight used transposed.
 The matmuls themselves are the same in both models, so training can gain only on what surrounds them.
 
 Run: python benchmarks/model_speed.py            (about 2 minutes on 2 CPU cores)

@@ -3,12 +3,18 @@
 Prompts of different lengths are LEFT-padded into one batch, so every sequence's next token sits in the
 last column. Padding must not shift RoPE positions, so each sequence's positions count its real tokens
 only, and padded keys are masked out of attention.
+
+On a CPU, decoding multiplies by the output projection's weight in a faster layout (`cpu_decoding_layout`).
 """
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from llama_course.model import Llama
 
@@ -69,6 +75,35 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+@contextlib.contextmanager
+def cpu_decoding_layout(head: nn.Linear) -> Iterator[None]:
+    """A block of inference calls of the bias-free output projection `head` with fixed weights (one decoding
+    loop), which on a CPU multiply by a (dim, vocab) copy of the weight.
+
+    Each decoding step multiplies ONE hidden vector by the whole (vocab, dim) weight, which is bound by memory
+    bandwidth, and PyTorch's CPU BLAS (MKL) streams a row-major weight used as `weight.T` at well under half the
+    speed it streams the same numbers stored as (dim, vocab): measured on 2 AMD EPYC cores, vocab 32000 x dim
+    288, 4.5 ms against 1.8 ms per token, the single largest cost of a decoding step. The copy is made on entry
+    and freed on exit; it costs vocab x dim memory while it lives (for Llama 2 7B, 262 MB next to 13.5 GB of
+    weights). Logits equal `F.linear`'s up to the order of float rounding; with autograd on, the parameter
+    itself is used, so its gradient flows. The head's parameter, state dict and training matmul never change.
+    """
+    weight = head.weight
+    if weight.device.type != "cpu" or isinstance(weight, DTensor) or head.bias is not None or "forward" in vars(head):
+        yield  # GPU BLAS has no such penalty; a sharded weight has no local copy; a nested block reuses the copy
+        return
+    transposed = weight.detach().T.contiguous()  # (dim, vocab)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, head.weight) if torch.is_grad_enabled() else x @ transposed
+
+    head.forward = forward  # this instance only, for this block
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 @torch.no_grad()
 def decode(
     model: Llama,
@@ -102,7 +137,7 @@ def decode(
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     cache = model.new_cache(len(prompts), total) if use_cache else None
     step_tokens, step_positions, step_mask = tokens, positions, mask
-    with model.output.decoding():  # a faster weight layout for the output head on CPUs (layers/output_head.py)
+    with cpu_decoding_layout(model.output):
         for _ in range(max_new_tokens):
             logits = model(step_tokens, positions=step_positions, attention_mask=step_mask, cache=cache).logits[:, -1]
             next_token = choose(logits).masked_fill(finished, pad_id)

@@ -25,7 +25,6 @@ from llama_course.config import ModelConfig
 from llama_course.layers.attention import Attention, causal_mask
 from llama_course.layers.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from llama_course.layers.kv_cache import KVCache
-from llama_course.layers.output_head import OutputHead
 from llama_course.layers.rmsnorm import make_norm
 from llama_course.layers.rope import rope_angles
 from llama_course.layers.swiglu import make_feed_forward
@@ -81,7 +80,7 @@ class Llama(nn.Module):
         # A post-norm stream leaves the last block normalised already.
         self.norm = make_norm(config.norm_type, config.dim, config.norm_eps) if config.norm_placement == "pre" \
             else nn.Identity()
-        self.output = OutputHead(config.dim, config.vocab_size)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.reset_parameters()
 
     @torch.no_grad()

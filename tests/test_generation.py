@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 from llama_course.config import ModelConfig
-from llama_course.generation import generate, left_pad, positions_from_mask, sample_next_token
+from llama_course.generation import cpu_decoding_layout, generate, left_pad, positions_from_mask, sample_next_token
 from llama_course.model import Llama
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=16, max_seq_len=48)
@@ -93,3 +94,21 @@ def test_prompt_errors(model):
         generate(model, [[]], 3)
     with pytest.raises(ValueError, match="exceeds the model's context of 48"):
         generate(model, [[1] * 40], 9)
+
+
+def test_cpu_decoding_layout_gives_the_same_logits_and_lives_only_inside_the_block():
+    torch.manual_seed(0)
+    head = nn.Linear(16, 50, bias=False)
+    x = torch.randn(3, 1, 16)
+    expected = x.double() @ head.weight.double().T
+    with torch.no_grad(), cpu_decoding_layout(head):
+        assert "forward" in vars(head)
+        fast = head(x)
+    assert "forward" not in vars(head)
+    torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-5)
+    with cpu_decoding_layout(head):  # with autograd on, the parameter itself is used, so its gradient flows
+        head(x).sum().backward()
+    torch.testing.assert_close(head.weight.grad, x.sum(dim=(0, 1)).expand(50, 16))
+    with pytest.raises(RuntimeError), torch.no_grad(), cpu_decoding_layout(head):
+        raise RuntimeError("an error inside the block")
+    assert "forward" not in vars(head)  # freed on the way out

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from llama_course.layers.attention import ATTENTION_BACKENDS, causal_mask, repeat_kv
-from llama_course.layers.output_head import OutputHead
 from llama_course.layers.rmsnorm import RMSNorm
 from llama_course.layers.rope import (
     apply_rope_interleaved,
@@ -176,24 +175,6 @@ def test_repeat_kv_is_repeat_interleave():
     x = torch.arange(2 * 3).view(1, 2, 3, 1).float()
     repeated = repeat_kv(x, 3)
     assert repeated[0, :, 0, 0].tolist() == [0, 0, 0, 3, 3, 3]
-
-
-def test_output_head_decoding_layout_gives_the_same_logits_and_lives_only_inside_the_block():
-    torch.manual_seed(0)
-    head = OutputHead(16, 50)
-    x = torch.randn(3, 1, 16)
-    expected = x.double() @ head.weight.double().T
-    with torch.no_grad(), head.decoding():
-        assert head._decoding_weight is not None and head._decoding_weight.shape == (16, 50)
-        fast = head(x)
-    assert head._decoding_weight is None
-    torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-5)
-    with head.decoding():  # with autograd on, the parameter itself is used, so its gradient flows
-        head(x).sum().backward()
-    torch.testing.assert_close(head.weight.grad, x.sum(dim=(0, 1)).expand(50, 16))
-    with pytest.raises(RuntimeError), torch.no_grad(), head.decoding():
-        raise RuntimeError("an error inside the block")
-    assert head._decoding_weight is None  # freed on the way out
 
 
 def test_interleaved_rope_compiles_without_a_graph_break_and_matches_eager():
