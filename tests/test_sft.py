@@ -14,6 +14,7 @@ from llama_course.alignment.sft import (
     SFTDataConfig,
     export_model,
     load_base_model,
+    load_sft_config,
     run_sft,
 )
 from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft, sft_conversations
@@ -22,6 +23,7 @@ from llama_course.alignment.sft_report import training_prompts
 from llama_course.commands.sft import add_arguments, config_from_args
 from llama_course.config import ModelConfig
 from llama_course.model import IGNORE_INDEX, Llama
+from llama_course.pretrained import ASSETS_DIR
 from llama_course.toyworld import toy_tokenizer
 from llama_course.training.trainer import causal_lm_loss
 
@@ -211,3 +213,9 @@ def test_careless_share_changes_only_task_answers_and_zero_keeps_the_mix():
     assert len(changed) >= 40 and all(s.startswith("task:") or s == "multi_turn" for s in changed)
     for a, b in zip(clean["messages"], sloppy["messages"], strict=True):
         assert [m["content"] for m in a if m["role"] == "user"] == [m["content"] for m in b if m["role"] == "user"]
+
+
+@pytest.mark.parametrize("path", sorted((ASSETS_DIR / "configs").glob("sft-*.toml")), ids=lambda path: path.name)
+def test_every_shipped_sft_config_loads(path):
+    config = load_sft_config(path)
+    assert config.output_dir.startswith("runs/") and config.data.tasks > 0
