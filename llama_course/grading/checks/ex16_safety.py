@@ -1,13 +1,16 @@
-"""Tests of exercise 16: the refusal detector, the false-refusal rate and the targeted-distillation filter.
+"""Tests of exercise 16: the refusal detector, the false-refusal rate, the targeted-distillation filter and the
+red team's robustness figure.
 
 Llama 2, section 4.2.3 and Figure 33: a false refusal is a refusal of a harmless request, measured on
 borderline prompts that share words with unsafe ones. Section 4.2.4 and Figure 16b: targeted context
-distillation keeps a distilled answer only where the Safety RM scores it above the original answer.
+distillation keeps a distilled answer only where the Safety RM scores it above the original answer. Section
+4.3: gamma, counted here as successful attacks per queries so far (`experiments.safety_redteam.gamma`).
 """
 
 import random
 
 from llama_course.experiments.safety_distillation import keep_safer_answers as reference_filter
+from llama_course.experiments.safety_redteam import gamma as reference_gamma
 from llama_course.grading.assertions import assert_equal, assert_number_close, raises_value_error
 from llama_course.grading.registry import Exercise
 from llama_course.toyworld.safety import is_safety_prompt, sample_borderline_prompt, sample_safety_prompt
@@ -100,6 +103,33 @@ def a_tie_keeps_the_original_and_bad_input_is_refused(keep_safer_answers):
         raise AssertionError("2 original answers with 1 distilled answer: raise ValueError")
 
 
+@EXERCISE.test("red_team_gamma", points=2)
+def gamma_matches_the_reference_on_random_red_teams(red_team_gamma):
+    rng = random.Random(165)
+    for seeds, rounds, attempts in ((1, 1, 5), (3, 5, 20), (2, 4, 7)):
+        successes = [[[float(rng.random() < 0.2) for _ in range(attempts)] for _ in range(rounds)]
+                     for _ in range(seeds)]
+        for per in (100, 1):
+            got = list(red_team_gamma(successes, per))
+            expected = reference_gamma(successes, per)
+            assert_equal(len(got), rounds, what=f"one number per round of {rounds}")
+            for round_number, (g, e) in enumerate(zip(got, expected, strict=True), start=1):
+                assert_number_close(g, e, what=f"gamma after round {round_number} of a ({seeds}, {rounds}, "
+                                    f"{attempts}) red team, per={per}")
+
+
+@EXERCISE.test("red_team_gamma", points=1)
+def a_hand_made_case_and_bad_input_for_gamma(red_team_gamma):
+    successes = [[[1, 0, 0, 0], [1, 1, 0, 0]], [[0, 0, 0, 0], [1, 1, 1, 1]]]
+    got = list(red_team_gamma(successes, 100))
+    for round_number, (g, e) in enumerate(zip(got, [12.5, 43.75], strict=True), start=1):
+        assert_number_close(g, e, what=f"gamma after round {round_number}: seed 0 found 1/4 then 3/8, "
+                            "seed 1 0/4 then 4/8, per 100 attempts")
+    if not raises_value_error(lambda: red_team_gamma([[1, 0], [0, 1]], 100)):
+        raise AssertionError("a (rounds, attempts) list without seeds: raise ValueError")
+
+
 EXERCISE.references("is_refusal", reference_refusal)
 EXERCISE.references("false_refusal_rate", reference_refusal)
 EXERCISE.references("keep_safer_answers", reference_filter)
+EXERCISE.references("red_team_gamma", reference_gamma)
