@@ -57,12 +57,6 @@ SUBCOMMAND_MODULES = [
 ]
 
 
-def add_config_flags(parser: argparse.ArgumentParser, defaults: object, kind: type, names: Sequence[str]) -> None:
-    """`--field-name` flags of type `kind` for fields of a config dataclass, defaulting to `defaults`' values."""
-    for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
-
-
 def _run_module(module: str) -> Callable[[argparse.Namespace], None]:
     return lambda args: importlib.import_module(module).run(args)
 

@@ -43,15 +43,6 @@ LAYERS = {
     "grading": (6, "`llama-course grade`: checks exercises against every layer's reference code"),
 }
 
-# Imports that break the rule today, in code being restructured (issue 20), as (from, to) pairs of modules: three
-# alignment modules that hold commands import `add_config_flags` from `cli`, which imports them back through
-# `SUBCOMMAND_MODULES` (upward, and a loop). The test fails when one is gone, so that the list only shrinks.
-KNOWN_VIOLATIONS = {
-    ("llama_course.alignment.ppo_report", "llama_course.cli"),
-    ("llama_course.alignment.rejection_report", "llama_course.cli"),
-    ("llama_course.alignment.reward_train", "llama_course.cli"),
-}
-
 PACKAGE = Path(llama_course.__file__).parent
 LAUNCH = re.compile(r"-m\s+(llama_course(?:\.\w+)+)")
 
@@ -133,7 +124,7 @@ def cycles() -> list[list[str]]:
     """Every circle of imports, as the modules of each strongly connected component (Tarjan's algorithm)."""
     edges = defaultdict(set)
     for source, targets in GRAPH.items():
-        edges[source].update(target for target, _ in targets if (source, target) not in KNOWN_VIOLATIONS)
+        edges[source].update(target for target, _ in targets)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -162,7 +153,7 @@ def cycles() -> list[list[str]]:
 
 
 def test_imports_run_downward_only():
-    found = upward_imports() - KNOWN_VIOLATIONS
+    found = upward_imports()
     assert not found, "imports from a lower layer to a higher one (see LAYERS):\n" + "\n".join(
         f"{where(source, target)}: layer {layer_of(source)} -> {layer_of(target)}" for source, target in sorted(found))
 
@@ -175,9 +166,9 @@ def loop_through(component: list[str]) -> list[str]:
     while queue:
         module = queue.pop(0)
         for target, _ in GRAPH[module]:
-            if target == start and (module, target) not in KNOWN_VIOLATIONS:
+            if target == start:
                 return paths[module] + [start]
-            if target in component and target not in paths and (module, target) not in KNOWN_VIOLATIONS:
+            if target in component and target not in paths:
                 paths[target] = paths[module] + [target]
                 queue.append(target)
     raise AssertionError(f"no circle through {start}")
@@ -187,12 +178,6 @@ def test_no_import_cycle():
     loops = [loop_through(component) for component in cycles()]
     assert not loops, "import cycles, one circle each:\n" + "\n".join(
         "; ".join(where(source, target) for source, target in itertools.pairwise(loop)) for loop in loops)
-
-
-def test_known_violations_still_exist():
-    edges = {(source, target) for source, targets in GRAPH.items() for target, _ in targets}
-    gone = KNOWN_VIOLATIONS - edges
-    assert not gone, f"fixed, remove them from KNOWN_VIOLATIONS: {sorted(gone)}"
 
 
 def test_the_checker_sees_lazy_imports_strings_and_launches():

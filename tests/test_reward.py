@@ -23,8 +23,8 @@ from llama_course.alignment.reward import (
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
 from llama_course.alignment.reward_train import (
     RewardConfig,
-    build_preferences,
     add_arguments,
+    build_preferences,
     config_from_args,
     load_reward_model,
     save_reward_model,

@@ -33,7 +33,7 @@ from llama_course.alignment.ppo_train import (
     train_ppo,
 )
 from llama_course.alignment.sft import export_model
-from llama_course.cli import add_config_flags
+from llama_course.arguments import add_config_flags
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer

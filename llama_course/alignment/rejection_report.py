@@ -34,7 +34,7 @@ from llama_course.alignment.rejection import (
     reward_model_scorer,
     true_reward,
 )
-from llama_course.cli import add_config_flags
+from llama_course.arguments import add_config_flags
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer

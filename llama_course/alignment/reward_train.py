@@ -37,7 +37,7 @@ from llama_course.alignment.reward import (
     score_responses,
 )
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
-from llama_course.cli import add_config_flags
+from llama_course.arguments import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.model_files import load_model_weights, read_json
