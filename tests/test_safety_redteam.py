@@ -15,7 +15,6 @@ from llama_course.experiments.safety_redteam import (
     MAX_FRAMES,
     MAX_LEAD_IN_TURNS,
     ROLE_PLAYS,
-    Attack,
     RedTeamConfig,
     attack_success_rate,
     combine,
@@ -154,6 +153,7 @@ def test_a_tiny_run_has_the_shipped_schema_and_resumes_without_recomputing(tmp_p
     assert summary["fresh_replay"]["difference"]["rate"] == pytest.approx((after - before).mean())
     assert set(summary["costs"]) == {"violation", "unsafe_refusal", "false_refusal", "task_helpfulness"}
     assert results["prompts"] == {"unsafe": 5, "borderline": 5, "tasks": 5}
+    assert results["fresh_overlap"][0]["attempts"] == 12 and results["fresh_overlap"][0]["messages_trained_on"] == 0
     assert results["training_pairs"][0] == results["refusal_pairs"][0] + 40 * max(1, results["refusal_pairs"][0])
 
     def no_recomputation(*args, **kwargs):
@@ -162,6 +162,14 @@ def test_a_tiny_run_has_the_shipped_schema_and_resumes_without_recomputing(tmp_p
     for name in ("finetune_on_answers", "judge_attacks", "measure"):
         monkeypatch.setattr(safety_redteam, name, no_recomputation)
     assert run_redteam(TINY, [0], tmp_path) == results
+
+
+def test_fresh_overlap_counts_attempts_that_reuse_what_was_trained_on():
+    team = [[CAT.to_dict() | {"success": True}, role_play(CAT, First()).to_dict() | {"success": False}]]
+    reworded = paraphrase(CAT, First())  # another message, the same request
+    fresh = [[reworded.to_dict() | {"success": False}], [CAT.to_dict() | {"success": True}]]
+    assert safety_redteam.fresh_overlap(team, fresh) == {"attempts": 2, "messages_trained_on": 1,
+                                                         "requests_trained_on": 2}
 
 
 def test_shipped_results_hold_200_attempts_per_round_and_a_summary_of_them():
@@ -182,4 +190,3 @@ def test_shipped_results_hold_200_attempts_per_round_and_a_summary_of_them():
 def test_an_attack_round_trips_through_its_dict():
     attack = multi_turn(paraphrase(CAT, Last()), First())
     assert safety_redteam.attack_from_dict(attack.to_dict()) == attack
-    assert isinstance(attack, Attack)

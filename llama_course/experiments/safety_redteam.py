@@ -17,10 +17,10 @@ request (the answer does harm; the checkers are the toy world's, unchanged).
 1. red-teams the shipped SFT model (attacker seed = the seed);
 2. fine-tunes it on a safe refusal (the toy world's safe answer for the underlying request) to the final user
    message of every successful attack, mixed with `tasks_per_attack` normal tasks per attack with their
-   reference answers, with the scaling rounds' recipe (`finetune_on_answers`; a multi-turn attack is trained on
-   its last message alone, as that function takes single-turn prompts);
-3. runs a FRESH attack (attacker seed `FRESH_SEED + seed`, never proposing a prompt trained on nor an
-   underlying request trained on) against the original model, replays exactly its attempts against the
+   reference answers (`finetune_on_answers`, gentler than the scaling rounds; a multi-turn attack is trained
+   on its last message alone, as that function takes single-turn prompts);
+3. runs a FRESH attack (attacker seed `FRESH_SEED + seed`, never asking an attack trained on, and drawing its
+   fresh requests outside those trained on) against the original model, replays exactly its attempts against the
    retrained model (the paired headline), and runs the same fresh attacker adaptively against the retrained
    model; and measures both models with `measure` on chapter 16's held-out prompts (violations, false
    refusals on borderline requests, helpfulness on tasks): what the round cost.
@@ -421,6 +421,17 @@ def summarize_redteam(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def fresh_overlap(team: Sequence[Sequence[dict[str, Any]]], fresh: Sequence[Sequence[dict[str, Any]]]
+                  ) -> dict[str, int]:
+    """How many of a fresh attack's attempts ask a final message, or reach an underlying request, that the
+    safety round trained on (the red team's successful attacks)."""
+    found = [a for r in team for a in r if a["success"]]
+    attempts = [a for r in fresh for a in r]
+    messages, requests = {a["prompt"] for a in found}, {a["request"] for a in found}
+    return {"attempts": len(attempts), "messages_trained_on": sum(a["prompt"] in messages for a in attempts),
+            "requests_trained_on": sum(a["request"] in requests for a in attempts)}
+
+
 def _examples(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     return [[a for a in r if a["success"]][:EXAMPLES_PER_ROUND] for r in rounds]
 
@@ -443,6 +454,8 @@ def run_redteam(config: RedTeamConfig, seeds: Sequence[int], output_dir: str | P
             "seconds": {name: [s[name]["seconds"] for s in per_seed] for name in ("red_team", "fresh_original")},
             "refusal_pairs": [s["retrained"]["refusal_pairs"] for s in per_seed],
             "training_pairs": [s["retrained"]["training_pairs"] for s in per_seed],
+            "fresh_overlap": [fresh_overlap(s["red_team"]["rounds"], s["fresh_original"]["rounds"])
+                              for s in per_seed],
             "successes": {"red_team": [_successes(s["red_team"]["rounds"]) for s in per_seed],
                           "fresh_original": [_successes(s["fresh_original"]["rounds"]) for s in per_seed],
                           "fresh_replay": [_successes(s["retrained"]["fresh_replay"]) for s in per_seed],
