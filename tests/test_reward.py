@@ -156,18 +156,22 @@ def test_likelihood_head_sums_the_answer_log_probabilities_on_either_padding_sid
         RewardModel(tiny_llama(), eos_id=2, head="linear")
 
 
-def test_calibration_standardises_a_likelihood_heads_scores():
+def test_calibration_puts_the_median_pair_gap_at_one():
     tokenizer = toy_tokenizer()
-    rows = generate_preferences(8, seed=3)
+    rows = generate_preferences(9, seed=3)
     model = RewardModel(load_base_model("base")[0], tokenizer.eos_id, head="likelihood").eval()
-    raw = score_responses(model, tokenizer, rows["prompt"], rows["chosen"]).double()
-    calibrate(model, tokenizer, rows["prompt"], rows["chosen"])
-    standardised = score_responses(model, tokenizer, rows["prompt"], rows["chosen"]).double()
-    assert (model.offset, model.scale) == pytest.approx((float(raw.mean()), float(raw.std())), rel=1e-6)
-    assert float(standardised.mean()) == pytest.approx(0.0, abs=1e-5)
-    assert float(standardised.std()) == pytest.approx(1.0, rel=1e-5)
+    raw = [score_responses(model, tokenizer, rows["prompt"], rows[side]).double() for side in ("chosen", "rejected")]
+    calibrate(model, tokenizer, rows["prompt"], rows["chosen"], rows["rejected"])
+    expected_offset = sorted(torch.cat(raw).tolist())[8]  # the lower median of 18 scores, as torch.median
+    expected_scale = sorted((raw[0] - raw[1]).abs().tolist())[4]  # the median of 9 gaps
+    assert (model.offset, model.scale) == pytest.approx((expected_offset, expected_scale), rel=1e-9)
+    standardised = [score_responses(model, tokenizer, rows["prompt"], rows[side]).double()
+                    for side in ("chosen", "rejected")]
+    assert float((standardised[0] - standardised[1]).abs().median()) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="only a likelihood head is calibrated"):
-        calibrate(RewardModel(tiny_llama(), eos_id=2), tokenizer, rows["prompt"], rows["chosen"])
+        calibrate(RewardModel(tiny_llama(), eos_id=2), tokenizer, rows["prompt"], rows["chosen"], rows["rejected"])
+    with pytest.raises(ValueError, match="median gap of these 1 pairs is 0.0"):
+        calibrate(model, tokenizer, rows["prompt"][:1], rows["chosen"][:1], rows["chosen"][:1])
 
 
 def test_likelihood_rm_learns_pairs_and_round_trips(tmp_path):
@@ -190,7 +194,7 @@ def test_likelihood_rm_learns_pairs_and_round_trips(tmp_path):
     assert card["steps"] == 4 and card["reward_config"]["head"] == "likelihood"
     # training standardised the scores on its first 256 pairs' answers before the first step
     rows = data[0].select(range(64))
-    calibrate(untrained, tokenizer, list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"]))
+    calibrate(untrained, tokenizer, rows["prompt"], rows["chosen"], rows["rejected"])
     assert (untrained.offset, untrained.scale) == pytest.approx((model.offset, model.scale), rel=1e-9)
     assert model.offset < -1 and model.scale > 1  # summed log-probabilities of whole answers, in nats
     assert mean_loss(model) < mean_loss(untrained) - 0.05, (mean_loss(untrained), mean_loss(model))

@@ -9,8 +9,8 @@ the same position; PAPER_FACTS.md, known pitfalls).
 
 `RewardModel(..., head="likelihood")` is this course's departure, for RMs asked to rank a policy's own answers:
 it keeps the next-token head and scores a response by the log-probability the backbone gives its tokens after
-the prompt (its EOS included), summed, then standardised, `(log p - offset) / scale` (`calibrate`: the mean and
-spread of its scores on its training answers, so the margins and the sigmoid mean what they mean for a scalar
+the prompt (its EOS included), summed, then standardised, `(log p - offset) / scale` (`calibrate`: the median score
+and the median gap within its training pairs, so the margins and the sigmoid mean what they mean for a scalar
 head). Untrained, that is the backbone's own judgement of the answer, which a new zero-initialised scalar head
 first has to relearn from pairs; training moves the backbone with the same loss.
 
@@ -149,18 +149,23 @@ class RewardModel(nn.Module):
 
 
 @torch.no_grad()
-def calibrate(model: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> None:
-    """Set a likelihood head's `offset` and `scale` to the mean and standard deviation of its log-probabilities
-    of `responses` (e.g. its training answers), so its scores are standardised like a scalar head's logits."""
+def calibrate(model: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str], chosen: Sequence[str],
+              rejected: Sequence[str]) -> None:
+    """Set a likelihood head's `offset` to the median of its log-probabilities of the answers of these pairs and its
+    `scale` to the median gap between the two answers of a pair, so that the loss, which compares the two, sees
+    gaps of about 1 as a scalar head's logits do. Medians, because answers range from a few nats to hundreds."""
     if model.head != "likelihood":
         raise ValueError(f"only a likelihood head is calibrated; this RM has a {model.head} head")
     model.offset, model.scale = 0.0, 1.0
     was_training = model.training
-    scores = score_responses(model.eval(), tokenizer, prompts, responses).double()
+    model.eval()
+    scores = [score_responses(model, tokenizer, prompts, side).double() for side in (chosen, rejected)]
     model.train(was_training)
-    if len(scores) < 2 or not float(scores.std()) > 0:
-        raise ValueError(f"calibrating needs at least 2 responses whose log-probabilities differ, got {len(scores)}")
-    model.offset, model.scale = float(scores.mean()), float(scores.std())
+    gap = float((scores[0] - scores[1]).abs().median()) if len(prompts) else 0.0
+    if not gap > 0:
+        raise ValueError(f"calibrating needs pairs whose answers' log-probabilities differ; the median gap of these "
+                         f"{len(prompts)} pairs is {gap}")
+    model.offset, model.scale = float(torch.cat(scores).median()), gap
 
 
 @torch.no_grad()

@@ -156,9 +156,9 @@ def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datas
             data = build_preferences(config, backbone, tokenizer)
         model = RewardModel(backbone, tokenizer.eos_id, config.head)
     train, held_out = data
-    if model.head == "likelihood" and start is None:  # standardise on (up to 512 of) the training answers
+    if model.head == "likelihood" and start is None:  # standardised on (up to) 256 training pairs
         rows = train.select(range(min(256, len(train))))
-        calibrate(model, tokenizer, list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"]))
+        calibrate(model, tokenizer, rows["prompt"], rows["chosen"], rows["rejected"])
     trainer_config = config.trainer_config(len(train))
     trainer = Trainer(model, encode_preferences(tokenizer, train, config.max_tokens), trainer_config,
                       config.output_dir, loss_fn=preference_loss(config.margin),
