@@ -390,10 +390,12 @@ def _successes(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[list[float]]:
 
 def summarize_redteam(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-round attack success rates (95% intervals over seeds and attempts) and gamma of the three attacks,
-    the paired fresh-attack difference (retrained minus original, on the same attempts: all rounds, and the
-    first round alone, which does not depend on the target), how many of the attacks trained on no longer
-    succeed (per seed), and
-    the safety round's costs (paired differences of `measure`'s values, retrained minus original)."""
+    the last round's rate minus the first's and the adaptive fresh attack's rate on the retrained model minus
+    the original's (different attempts matched by position in their seed: the interval of a difference of
+    two independent means), the paired fresh-attack difference (retrained minus original, on the same
+    attempts: all rounds, and the first round alone, which does not depend on the target), how many of the
+    attacks trained on no longer succeed (per seed), and the safety round's costs (paired differences of
+    `measure`'s values, retrained minus original)."""
     runs = {"red_team": [s["red_team"]["rounds"] for s in per_seed],
             "fresh_original": [s["fresh_original"]["rounds"] for s in per_seed],
             "fresh_retrained": [s["retrained"]["fresh_adaptive"]["rounds"] for s in per_seed]}
@@ -402,7 +404,11 @@ def summarize_redteam(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([_successes(r) for r in rounds])  # (seeds, rounds, attempts)
         summary[name] = {"success_rate": [attack_success_rate(values[:, r]) for r in range(values.shape[1])],
                          "overall": attack_success_rate(values.reshape(len(values), -1)),
+                         "last_minus_first_round": attack_success_rate(values[:, -1] - values[:, 0]),
                          "gamma_per_100_queries": gamma(values)}
+    adaptive = [np.array([_successes(r) for r in runs[name]]).reshape(len(per_seed), -1)
+                for name in ("fresh_original", "fresh_retrained")]
+    summary["fresh_retrained_minus_original"] = attack_success_rate(adaptive[1] - adaptive[0])
     before = np.array([np.concatenate(_successes(s["fresh_original"]["rounds"])) for s in per_seed])
     after = np.array([np.concatenate(_successes(s["retrained"]["fresh_replay"])) for s in per_seed])
     first = len(per_seed[0]["fresh_original"]["rounds"][0])
