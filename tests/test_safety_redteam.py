@@ -190,3 +190,11 @@ def test_shipped_results_hold_200_attempts_per_round_and_a_summary_of_them():
 def test_an_attack_round_trips_through_its_dict():
     attack = multi_turn(paraphrase(CAT, Last()), First())
     assert safety_redteam.attack_from_dict(attack.to_dict()) == attack
+
+
+def test_the_command_refuses_bad_settings_in_one_line(capsys):
+    from llama_course import cli
+
+    assert cli.main(["safety", "redteam", "--attempts", "0", "--output-dir", "unused"]) == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and printed[0] == "llama-course safety: error: attempts=0 must be at least 1"
