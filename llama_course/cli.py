@@ -32,7 +32,7 @@ SUBCOMMAND_MODULES = [
     ("sync-notebooks", "llama_course.notebooks", "run chapters and write their paired .ipynb (checked outputs only)"),
     ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
     ("pretrained", "llama_course.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
-    ("scaling", "llama_course.measurements.scaling",
+    ("scaling", "llama_course.experiments.scaling",
      "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
     ("sft", "llama_course.commands.sft", "supervised fine-tuning of the base model on toy-world conversations"),
     ("train-rm", "llama_course.alignment.reward_train",

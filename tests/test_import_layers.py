@@ -30,7 +30,7 @@ LAYERS = {
     "training": (3, "one trainer loop and its parallelism, checkpoints and metrics"),
     "interop": (3, "Hugging Face and Meta checkpoints, to and from the model"),
     "pretrained": (3, "the shipped base checkpoint: trained by `training`, loaded by everything above"),
-    "measurements": (3, "chapters 5-9's measurements of the model and the trainer: memory, time, samples, scaling"),
+    "measurements": (3, "chapters 5-9's measurements of the model and the trainer: memory, time, samples"),
     "alignment": (4, "Llama 2's algorithms: SFT, reward models, rejection sampling, PPO, GAtt"),
     "evaluation": (4, "Llama 2's evaluation: side-by-side judgments, rater agreement, intervals, safety"),
     "experiments": (5, "the measured runs behind the chapters, over the algorithms and the evaluation"),

@@ -13,8 +13,8 @@ schedule ending at its budget (as Chinchilla's runs do), and records per run:
 
 One command regenerates the shipped table (`llama_course/assets/scaling_results.json`):
 
-    python -m llama_course.measurements.scaling                       # the full grid: 2.5 minutes on one H200 GPU
-    python -m llama_course.measurements.scaling --budgets 65536 131072 --models d32 d64 --output runs/scaling.json
+    python -m llama_course.experiments.scaling                       # the full grid: 2.5 minutes on one H200 GPU
+    python -m llama_course.experiments.scaling --budgets 65536 131072 --models d32 d64 --output runs/scaling.json
 
 A run already in the output file is skipped, so an interrupted experiment continues where it stopped.
 """
@@ -158,7 +158,7 @@ def load_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no scaling results at {str(path)!r}; "
-                                "run `python -m llama_course.measurements.scaling`")
+                                "run `python -m llama_course.experiments.scaling`")
     return json.loads(path.read_text())
 
 
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="python -m llama_course.measurements.scaling",
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.experiments.scaling",
                                           description=__doc__.split("\n")[0])
     add_arguments(main_parser)
     run(main_parser.parse_args())

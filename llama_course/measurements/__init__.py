@@ -5,7 +5,6 @@
   times of chapters 2 to 5, `benchmarks/`);
 - `parameter_budget`: where a Llama's parameters go (chapter 7);
 - `story_samples`: the grammar score of sampled stories (chapters 7 and 8, the shipped base model's card);
-- `scaling`: smaller models trained longer, `llama-course scaling` (chapter 8);
 - `sharding_memory`: per-rank bytes under DDP and FSDP2, run under torchrun (chapter 9; exercise 9's check);
 - `activation_memory`: activation bytes under tensor and sequence parallelism, run under torchrun (chapter 9).
 """
