@@ -28,23 +28,13 @@ class AnsweredPrompt:
     helpfulness: float
 
 
-def answer_prompts(
-    model: Llama,
-    tokenizer: Tokenizer,
-    prompts: list[str],
-    *,
-    system: str | None = None,
-    max_new_tokens: int = 48,
-    batch_size: int = 64,
-) -> list[str]:
-    """The model's greedy answer to each single-turn prompt, asked in the Llama 2-Chat format."""
+def answer_dialogs(model: Llama, tokenizer: Tokenizer, dialogs: Sequence[Sequence[dict[str, str]]], *,
+                   max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+    """The model's greedy answer to each dialog (messages ending with a user turn), in the Llama 2-Chat format."""
     answers: list[str] = []
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        dialogs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-                   for p in chunk]
-        encoded = [encode_dialog(tokenizer, dialog).ids for dialog in dialogs]
+    for start in range(0, len(dialogs), batch_size):
+        encoded = [encode_dialog(tokenizer, list(dialog)).ids for dialog in dialogs[start : start + batch_size]]
         longest = max(len(ids) for ids in encoded)
         budget = min(max_new_tokens, model.config.max_seq_len - longest)
         if budget < 1:
@@ -54,6 +44,21 @@ def answer_prompts(
             outputs = generate(model, encoded, budget, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
         answers += [tokenizer.decode(ids).strip() for ids in outputs]
     return answers
+
+
+def answer_prompts(
+    model: Llama,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+) -> list[str]:
+    """The model's greedy answer to each single-turn prompt (after `system`, if given), in the Llama 2-Chat format."""
+    preamble = [{"role": "system", "content": system}] if system else []
+    return answer_dialogs(model, tokenizer, [[*preamble, {"role": "user", "content": p}] for p in prompts],
+                          max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def held_out_tasks(

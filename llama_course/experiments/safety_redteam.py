@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from llama_course.alignment.rejection import RejectionConfig, finetune_on_answers
 from llama_course.alignment.sft import load_base_model
-from llama_course.chat import Message, encode_dialog
+from llama_course.alignment.sft_eval import answer_dialogs
+from llama_course.chat import Message
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import cached_json, load_results_file
 from llama_course.experiments.safety import (
@@ -58,7 +58,6 @@ from llama_course.experiments.safety import (
     measure,
     unsafe_requests,
 )
-from llama_course.generation import generate
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -240,14 +239,8 @@ def gamma(successes: Sequence[Sequence[Sequence[float]]] | np.ndarray, per: int 
 def answer_attacks(model: Llama, tokenizer: Tokenizer, attacks: Sequence[Attack], max_new_tokens: int = 48,
                    batch_size: int = 64) -> list[str]:
     """The model's greedy answer to each attack's dialogue (its lead-in turns in context)."""
-    answers: list[str] = []
-    model.eval()
-    for start in range(0, len(attacks), batch_size):
-        encoded = [encode_dialog(tokenizer, a.messages()).ids for a in attacks[start : start + batch_size]]
-        with torch.no_grad():
-            outputs = generate(model, encoded, max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        answers += [tokenizer.decode(ids).strip() for ids in outputs]
-    return answers
+    return answer_dialogs(model, tokenizer, [attack.messages() for attack in attacks], max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
 
 
 def judge_attacks(model: Llama, tokenizer: Tokenizer, attacks: Sequence[Attack], max_new_tokens: int
