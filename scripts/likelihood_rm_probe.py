@@ -17,6 +17,20 @@ Each judge scores 8 fresh samples (T = 0.8) of each of 300 held-out tasks (seed 
 tasks): accuracy on the pairs of samples whose true helpfulness differs, and the share of the oracle's best-of-N gain
 over one sample that its pick captures (N = 4 and 8; exact expectations over subsets, bootstrap 95% interval over
 prompts). Results are kept per judge in `--out`, so a rerun only computes what is missing.
+
+Measured (2026-12-05, one seed, 5,346 training pairs, 300 held-out tasks; about 12 minutes per trained RM on 2 CPU
+cores). One sample averages 0.360 true helpfulness, the oracle's best of 8 0.663. Best-of-8 capture [95% interval]
+(best-of-4 in brackets after it), pairwise accuracy where the truth differs:
+
+- backbone runs/sft-small-more-model (4.95M, perfect demonstrations, configs/sft-small-more-data.toml):
+  untrained 0.36 [0.26, 0.45] (0.41), accuracy 0.713; likelihood RM at lr 1e-4: 0.38 [0.29, 0.48] (0.45), 0.746;
+- backbone runs/careless/sft-small-more-0.5-model (the same recipe on careless demonstrations,
+  configs/sft-careless-small.toml): untrained 0.28 [0.19, 0.37] (0.33), 0.699; likelihood RM at lr 1e-4: 0.32
+  [0.23, 0.41] (0.38), 0.725.
+
+Preference training adds 3-4 points of accuracy and a few points of capture, within the intervals; no judge
+reaches issue 21's 50%. (With the first calibration, by the mean and standard deviation of the scores, training
+hardly moved the loss: 0.30 and 0.37 best-of-8 capture at lr 1e-4 and 3e-5.)
 """
 
 import argparse

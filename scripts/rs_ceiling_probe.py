@@ -59,7 +59,8 @@ def sft_replay(n: int) -> tuple[list[str], list[str]]:
 
 def run_name(args: argparse.Namespace, prompts: int, lr: float, epochs: float) -> str:
     picker = Path(args.rm or args.loglik or "truth").name + ("-loglik" if args.loglik else "")
-    return f"runs/rs-ceiling-{Path(args.policy).name}-{picker}-{prompts}-{lr}-{epochs}-replay-{args.replay}"
+    fresh = "" if args.prompt_seed == 31338 else f"-prompts-{args.prompt_seed}"
+    return f"runs/rs-ceiling-{Path(args.policy).name}-{picker}-{prompts}-{lr}-{epochs}-replay-{args.replay}{fresh}"
 
 
 def main() -> None:
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--setting", action="append", default=None, metavar="PROMPTS:LR:EPOCHS")
     parser.add_argument("--cache", type=Path, default=Path("runs/rs-ceiling-samples.json"))
+    parser.add_argument("--prompt-seed", type=int, default=31338, help="seed of the tasks sampled for the picks")
     judge = parser.add_mutually_exclusive_group()
     judge.add_argument("--rm", default=None, help="pick by this reward model (shipped name or folder), not the truth")
     judge.add_argument("--loglik", default=None, metavar="MODEL",
@@ -94,7 +96,7 @@ def main() -> None:
     if args.cache.is_file():
         prompts, samples = json.loads(args.cache.read_text())
     else:
-        prompts = list(generate_tasks(args.prompts, seed=31338)["prompt"])
+        prompts = list(generate_tasks(args.prompts, seed=args.prompt_seed)["prompt"])
         samples = sample_responses(policy, tokenizer, prompts, args.samples, args.temperature, max_new_tokens=48,
                                    seed=6)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
