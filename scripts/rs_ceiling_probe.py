@@ -27,6 +27,16 @@ Sampled answers (T = 0.8, 4 per held-out task) are where it acts, and only there
   sampled -0.006 (0.006) and -0.010 (0.008), its picks no better than a random sample (0.346 against 0.355).
   Picked by the log-likelihood of the 4.95M model, untrained (`--loglik runs/sft-small-more-model`, 5e-4): picks
   0.462 (the truth's: 0.584), sampled +0.066 (0.009), greedy -0.002 (0.016).
+
+The same careless policy picking among its answers to 3,000 OTHER tasks (`--prompt-seed 31339 --cache
+runs/careless/rs-samples-fresh.json --setting 3000:5e-4:2`), so that a reward model trained on the first 3,000
+tasks' answers judges answers it has not seen: picked by the truth (picks 0.581), sampled +0.068 (0.009), greedy
++0.007 (0.013); by the likelihood RM of scripts/likelihood_rm_probe.py from configs/sft-careless-small.toml's model
+(`--rm runs/careless/likelihood-rm-sft-small-more-0.5-model-0.0001`, picks 0.450), sampled +0.080 (0.010), greedy
++0.003 (0.016); by that backbone's log-likelihood, untrained (`--loglik runs/careless/sft-small-more-0.5-model`,
+picks 0.448), sampled +0.063 (0.009), greedy -0.016 (0.015). A judge that captures well under half of the truth's
+pick quality gets as much of the sampled gain as the truth: one round removes the slips' tail, which a modest
+judge already sees.
 """
 
 import argparse
