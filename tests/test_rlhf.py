@@ -9,7 +9,7 @@ import torch
 
 from llama_course.alignment.reward import RewardModel
 from llama_course.evaluation import bootstrap_mean
-from llama_course.experiments.rlhf import RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
+from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
 from llama_course.experiments.rlhf_results import load_rlhf_results, write_results
 from llama_course.pretrained import load_pretrained
 
@@ -60,13 +60,19 @@ def test_config_rejects_bad_values_before_any_work():
         RLHFConfig(ppo={"no_such_setting": 1})
     with pytest.raises(ValueError, match="rounds=0"):
         RLHFConfig(rounds=0)
+    with pytest.raises(ValueError, match="helpfulness_head='linear' is unknown"):
+        RLHFConfig(helpfulness_head="linear")
 
 
-def test_rounds_run_resume_and_summarize(tmp_path, one_thread):
-    config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), **SMOKE)
+@pytest.mark.parametrize("head", ["scalar", "likelihood"])
+def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
+    config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), helpfulness_head=head, **SMOKE)
     reports = run_rlhf(config)
     assert [r["method"] for r in reports] == ["sft", "rejection_sampling", "ppo"]
     seed_dir = tmp_path / "rlhf/seed-0"
+    for k in range(3):  # every round's helpfulness RM has the chosen head; the safety RM stays scalar
+        rms = {c: json.loads((seed_dir / f"round-{k}/rm_{c}/config.json").read_text()) for c in CRITERIA}
+        assert (rms["helpfulness"]["head"], rms["safety"]["head"]) == (head, "scalar")
     finished = {k: (seed_dir / f"round-{k}/round.json").read_text() for k in range(3)}
     (seed_dir / "round-2/round.json").unlink()  # as if the run had stopped during round 2
     resumed = run_rlhf(config)  # round 2 runs again from round 1's files, the same to the last digit

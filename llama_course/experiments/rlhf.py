@@ -49,7 +49,7 @@ from llama_course.alignment.rejection import (
     safety_first_scorer,
     sample_responses,
 )
-from llama_course.alignment.reward import RewardModel, score_responses
+from llama_course.alignment.reward import HEADS, RewardModel, score_responses
 from llama_course.alignment.reward_data import sample_preference_pairs
 from llama_course.alignment.reward_train import (
     RewardConfig,
@@ -77,6 +77,7 @@ class RLHFConfig:
     policy: str = "sft"  # V0: a shipped model name or a model folder
     helpfulness_backbone: str = "sft"  # what the helpfulness RM starts from (a larger model may be named)
     safety_backbone: str = "sft"
+    helpfulness_head: str = "scalar"  # the helpfulness RM's head: "scalar" (the paper's) or "likelihood" (reward.py)
     toy_pairs: int = 1500  # round 0: the toy world's off-policy pairs per RM (`generate_preferences`)
     helpfulness_prompts: int = 1200  # per round: prompts answered twice for helpfulness pairs (1 in 5 safety)
     safety_prompts: int = 400  # per round: safety prompts answered twice for safety pairs
@@ -109,6 +110,8 @@ class RLHFConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.helpfulness_head not in HEADS:
+            raise ValueError(f"helpfulness_head={self.helpfulness_head!r} is unknown; choose one of {HEADS}")
         if self.capture_n > self.capture_samples:
             raise ValueError(f"capture_n={self.capture_n} exceeds capture_samples={self.capture_samples}: best-of-N "
                              "needs at least N samples per prompt")
@@ -246,8 +249,10 @@ def train_rm(criterion: str, pairs: datasets.Dataset, config: RLHFConfig, folder
              start: RewardModel | None) -> RewardModel:
     """Train (or continue) one RM on `pairs` for one epoch with the small margin; write it to `folder`."""
     backbone = config.helpfulness_backbone if criterion == "helpfulness" else config.safety_backbone
-    rm_config = RewardConfig(criterion=criterion, base=backbone, lr=config.rm_lr, batch_size=config.rm_batch_size,
-                             seed=config.seed, output_dir=str(folder.parent / f"rm-{criterion}-run"))
+    head = config.helpfulness_head if criterion == "helpfulness" else "scalar"
+    rm_config = RewardConfig(criterion=criterion, base=backbone, head=head, lr=config.rm_lr,
+                             batch_size=config.rm_batch_size, seed=config.seed,
+                             output_dir=str(folder.parent / f"rm-{criterion}-run"))
     off_policy = generate_preferences(300, seed=90_000 + config.seed, criterion=criterion,
                                       noise_scale=config.noise_scale).select_columns(PAIR_COLUMNS)
     model, _, card = train_reward_model(rm_config, (pairs, off_policy), start=start)
