@@ -195,7 +195,7 @@ def pairwise_scores(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tupl
     """
     ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])
     mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])
-    starts = torch.cat([batch["chosen_start"], batch["rejected_start"]])
+    starts = batch["answer_start"].repeat(2)  # both sides of a pair share the prompt
     width = int(mask.sum(dim=1).max())
     scores = model(ids[:, :width], mask[:, :width], starts)
     return scores.chunk(2)

@@ -76,8 +76,8 @@ def encode_preferences(tokenizer: Tokenizer, rows: Iterable[Mapping[str, Any]], 
     """Check and encode preference rows into columns for the trainer (one row per pair):
 
     `chosen_ids`, `chosen_mask`, `rejected_ids`, `rejected_mask` (N, max_tokens), right-padded with the
-    tokenizer's pad id; `chosen_start`, `rejected_start` (N,), where each answer begins (`answer_start`);
-    `strength` (N,), the index of the row's strength in `STRENGTHS`. A side longer
+    tokenizer's pad id; `answer_start` (N,), where both answers begin (they share the prompt); `strength` (N,),
+    the index of the row's strength in `STRENGTHS`. A side longer
     than `max_tokens` is an error naming the row (cutting it would drop its EOS, where the score is read).
     """
     sides: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
@@ -97,8 +97,8 @@ def encode_preferences(tokenizer: Tokenizer, rows: Iterable[Mapping[str, Any]], 
     columns = {}
     for side, ids in sides.items():
         columns[f"{side}_ids"], columns[f"{side}_mask"] = pad_right(ids, tokenizer.pad_id, max_tokens)
-        columns[f"{side}_start"] = torch.tensor(starts, dtype=torch.long)  # both sides share the prompt
-    return TensorBlocks(**columns, strength=torch.tensor(strengths, dtype=torch.long))
+    return TensorBlocks(**columns, answer_start=torch.tensor(starts, dtype=torch.long),
+                        strength=torch.tensor(strengths, dtype=torch.long))
 
 
 def sample_preference_pairs(
