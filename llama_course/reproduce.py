@@ -113,7 +113,7 @@ def base_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def sft_step(pipeline: Pipeline) -> dict[str, Any]:
     from llama_course.alignment.sft import load_sft_config, load_sft_results
-    from llama_course.alignment.sft_report import measure_and_export
+    from llama_course.experiments.sft import measure_and_export
 
     recipe = SFT_RECIPE
     config = load_sft_config(recipe)
@@ -172,13 +172,13 @@ def rm_safety_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def rejection_recipe() -> dict[str, Any]:
     """The loop of chapter 12's shipped run (`assets/rejection_results.json`)."""
-    from llama_course.alignment.rejection_report import load_rejection_results
+    from llama_course.experiments.rejection_sampling import load_rejection_results
 
     return load_rejection_results()["config"]
 
 
 def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.alignment import rejection_report
+    from llama_course.experiments import rejection_sampling as rejection_report
 
     loop = rejection_recipe() | pipeline.sizes["rejection"]
     folder = pipeline.partial("rejection")
@@ -198,7 +198,7 @@ def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
     """PPO from this run's SFT model, rewarded by this run's two reward models (chapter 13's command defaults)."""
-    from llama_course.alignment import ppo_report
+    from llama_course.experiments import ppo as ppo_report
     from llama_course.training.metrics import read_metrics
 
     folder, run_dir = pipeline.partial("ppo"), pipeline.path("runs", "ppo")

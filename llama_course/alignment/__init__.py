@@ -2,8 +2,9 @@
 
 - `sft_data`: conversations in the chat format, answer-only loss masks, packed blocks (section 3.1);
 - `sft`: the fine-tuning recipe, its config and the `llama-course sft` command;
-- `sft_eval`: held-out helpfulness by task family with the toy world's checker;
-- `sft_report`: the measurements shipped with the SFT model (loss curves, the answers-only ablation).
+- `sft_eval`: greedy answers to prompts, and held-out helpfulness by task family with the toy world's checker.
+
+The measurements shipped with the SFT model (loss curves, the answers-only ablation) are `experiments.sft`.
 """
 
 from llama_course.alignment.sft import SFTConfig, SFTDataConfig, load_base_model, load_sft_results, run_sft

@@ -2,7 +2,7 @@
 
     llama-course sft --config llama_course/assets/sft/sft.toml --export llama_course/assets/sft --ablation
 
-trains, then with `--export` measures held-out helpfulness and writes the model folder (`alignment.sft_report`).
+trains, then with `--export` measures held-out helpfulness and writes the model folder (`experiments.sft`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, load_sft_config, run_sft
-from llama_course.alignment.sft_report import measure_and_export
+from llama_course.experiments.sft import measure_and_export
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

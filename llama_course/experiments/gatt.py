@@ -40,9 +40,9 @@ from llama_course.alignment.gatt_attention import attention_to_system, fit_to_co
 from llama_course.alignment.sft import SHIPPED_SFT_DIR, SFTConfig, export_model, load_base_model, load_sft_config
 from llama_course.alignment.sft_data import sft_conversations
 from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
-from llama_course.alignment.sft_report import EVAL_SEED, training_prompts
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import cached_json, load_results_file
+from llama_course.experiments.sft import EVAL_SEED, training_prompts
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer

@@ -26,8 +26,8 @@ def test_a_short_run_raises_the_reward_models_score_of_held_out_answers(tmp_path
 def test_the_command_writes_metrics_a_plot_and_a_policy_that_loads_back(tmp_path):
     import argparse
 
-    from llama_course.alignment.ppo_report import add_arguments, run
     from llama_course.alignment.sft import load_base_model
+    from llama_course.experiments.ppo import add_arguments, run
     from llama_course.training.metrics import read_metrics
 
     parser = argparse.ArgumentParser()

@@ -19,9 +19,9 @@ from llama_course.alignment.sft import (
 )
 from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft, sft_conversations
 from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
-from llama_course.alignment.sft_report import training_prompts
 from llama_course.commands.sft import add_arguments, config_from_args
 from llama_course.config import ModelConfig
+from llama_course.experiments.sft import training_prompts
 from llama_course.model import IGNORE_INDEX, Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.toyworld import toy_tokenizer

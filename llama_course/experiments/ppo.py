@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="python -m llama_course.alignment.ppo_report",
+    main_parser = argparse.ArgumentParser(prog="python -m llama_course.experiments.ppo",
                                           description=__doc__.split("\n")[0])
     add_arguments(main_parser)
     run(main_parser.parse_args())
