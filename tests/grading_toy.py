@@ -1,4 +1,5 @@
-"""Made-up exercises for tests/test_grading.py, in a module of their own that the grader's test worker imports.
+"""Made-up exercises for tests/integration/test_grading.py, in a module of their own that the grader's test worker
+imports.
 
 TOY: task `double` (3 points over two tests) and task `negate` (1 point), whose reference is `reference_negate`.
 BROKEN: one task per broken way of doubling a tensor (1 point each), and `negate`.

@@ -5,48 +5,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_training import tiny_blocks, tiny_config, tiny_model, train
 
-from llama_course.config import ModelConfig
-from llama_course.data import pack_token_lists
-from llama_course.model import IGNORE_INDEX, Llama
+from llama_course.model import IGNORE_INDEX
 from llama_course.training import checkpoint as checkpoint_module
-from llama_course.training.batches import ShardedBatches, TensorBlocks
+from llama_course.training.batches import ShardedBatches
 from llama_course.training.checkpoint import latest_checkpoint, list_checkpoints
 from llama_course.training.metrics import plot_metrics, read_metrics
 from llama_course.training.optim import AdamWConfig, build_optimizer, split_decay_parameters
 from llama_course.training.schedule import warmup_cosine_factor
 from llama_course.training.trainer import LossSum, NonFiniteLossError, Trainer, TrainerConfig, causal_lm_loss
 
-TINY = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=32,
-                   attention_backend="eager")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_blocks(n_documents: int = 120, block_size: int = 16, seed: int = 0) -> TensorBlocks:
-    """Packed random documents of 5..30 tokens: labels carry IGNORE_INDEX at document boundaries."""
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(5, 30, (n_documents,), generator=generator).tolist()
-    documents = [torch.randint(0, TINY.vocab_size, (n,), generator=generator).tolist() for n in lengths]
-    packed = pack_token_lists(documents, block_size)
-    return TensorBlocks(**{name: torch.tensor(column) for name, column in packed.items()})
-
-
-def tiny_model(seed: int = 0) -> Llama:
-    torch.manual_seed(seed)
-    return Llama(TINY)
-
-
-def tiny_config(**overrides) -> TrainerConfig:
-    values = dict(steps=6, micro_batch_size=4, grad_accum_steps=2, lr=1e-2, warmup_steps=2, dtype="float64",
-                  progress=False, log_every=1, eval_every=0, checkpoint_every=2, device="cpu")
-    return TrainerConfig(**(values | overrides))
-
-
-def train(output_dir, seed=0, until_step=None, **overrides):
-    trainer = Trainer(tiny_model(seed), tiny_blocks(), tiny_config(**overrides), output_dir)
-    return trainer, trainer.fit(until_step=until_step)
 
 
 def test_no_decay_for_norm_gains_and_embedding_only():

@@ -25,7 +25,7 @@ import pytest
 import torch
 from test_colab_install import bare_repository, copy_of_checkout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "book" / "setup.md"
 BASH_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"

@@ -20,7 +20,7 @@ from llama_course.training.batches import TensorBlocks
 from llama_course.training.optim import AdamWConfig, build_optimizer, can_fuse_adamw
 from llama_course.training.trainer import LossSum, NonFiniteLossError, Trainer, TrainerConfig, causal_lm_loss
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=32)
 SMOKE_VARIANTS = ["ours", "ours+fsdp", "ours+full", "transformers"]
 

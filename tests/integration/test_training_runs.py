@@ -13,15 +13,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from local_processes import free_port, set_process_env
-from test_training import tiny_blocks, tiny_config, tiny_model
 from test_training_cli import PRETRAIN, SMALL_RUN
+from tiny_training import tiny_blocks, tiny_config, tiny_model
 
 from llama_course.training.checkpoint import latest_checkpoint, read_trainer_state
 from llama_course.training.distributed import init_distributed
 from llama_course.training.metrics import read_metrics
 from llama_course.training.trainer import Trainer
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def trainer(output_dir, **overrides) -> Trainer:

@@ -37,7 +37,7 @@ from llama_course.grading.report import TestResult as Result  # not collected by
 from llama_course.grading.runner import exercise_of
 from llama_course.layers.rope import apply_rope_interleaved as package_apply_rope_interleaved
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "LLAMA_COURSE_TEST_GRADER_SECRET"
 
 def negate(x):

@@ -4,7 +4,7 @@ seed may not (unless forced); a run cannot be resumed to end before its checkpoi
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import TINY, tiny_blocks, tiny_config, tiny_model
+from tiny_training import TINY, tiny_blocks, tiny_config, tiny_model
 
 from llama_course.config import ModelConfig
 from llama_course.model import Llama

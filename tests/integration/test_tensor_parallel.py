@@ -3,7 +3,7 @@
 Two spawns run every scenario (starting processes is the slow part): 2 processes with TP=2 (with and without
 SP), then 4 processes on a 2 x 2 (data x tensor) mesh, which also save a checkpoint that a 4 x 1 (FSDP only)
 run resumes and saves again, for a single process to finish. Every run sees the same 8 blocks per step as the
-single-process reference (tests/test_training.py's tiny model and data).
+single-process reference (tests/unit/test_training.py's tiny model and data).
 """
 
 import os
@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from local_processes import free_port, set_process_env, single_thread
 from test_distributed import _full_state, assert_same_parameters
-from test_training import TINY, train
+from tiny_training import TINY, train
 
 from llama_course.config import PRESETS
 from llama_course.training.checkpoint import latest_checkpoint, read_trainer_state

@@ -5,7 +5,7 @@
 - The `.ipynb` carries the outputs of one clean run (`llama-course sync-notebooks chapters/NN_name.md`): every
   code cell ran, none wrote to stderr, and at least one cell is tagged `nbval-check-output` for nbval to compare.
 - Readers never see test machinery: no `# NBVAL_CHECK_OUTPUT` or `# fmt: skip` comment in a cell.
-- Code fits the book's text column (`COLUMN` characters, measured in tests/test_book.py).
+- Code fits the book's text column (`COLUMN` characters, measured in tests/book/test_book.py).
 - The repository URL is written once, as `repository.url` in `_config.yml`. A notebook on Colab runs without
   that file, so the first cell of every chapter carries the URL as a literal; this test fails when the cell
   differs from `colab_install_cell(url)` or any Colab/GitHub link to the course points elsewhere (the sync
@@ -26,9 +26,9 @@ from llama_course.notebooks import (
     with_repository,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md"))
-COLUMN = 72  # characters of code that fit the text column of a 1280-pixel-wide window (tests/test_book.py)
+COLUMN = 72  # characters of code that fit the text column of a 1280-pixel-wide window (tests/book/test_book.py)
 MACHINERY = ("NBVAL_CHECK_OUTPUT", "# fmt: skip", "# fmt: off", "# noqa")
 
 

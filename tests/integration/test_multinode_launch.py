@@ -12,7 +12,7 @@ from pathlib import Path
 
 from local_processes import free_port
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def torchrun_node(port: int, output_dir: Path) -> subprocess.Popen:

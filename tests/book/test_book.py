@@ -34,7 +34,7 @@ import pytest
 
 from llama_course.notebooks import local_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 SCREENSHOT = ROOT / "_build" / "chapter_screenshot.png"
 MIN_FIGURE_SCALE = 0.8  # rendered width / natural width of a figure

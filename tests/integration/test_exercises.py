@@ -17,7 +17,7 @@ from llama_course.grading.registry import all_exercises
 from llama_course.grading.report import format_report
 from llama_course.grading.runner import grade_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXERCISES = ROOT / "exercises"
 SOLUTIONS = EXERCISES / "solutions"
 EXERCISE_NAMES = [exercise.name for exercise in all_exercises()]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_training import TINY
+from tiny_training import TINY
 
 from llama_course.alignment.ppo import clipped_value_loss, entropy, per_token_rewards
 from llama_course.alignment.reward import combine_rewards, margin_ranking_loss, margins_for

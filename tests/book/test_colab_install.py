@@ -22,7 +22,7 @@ import jupytext
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GIT_REQUIREMENT = 'f"llama-course @ git+{REPOSITORY_URL}"'
 URL_LINE = re.compile(r'^REPOSITORY_URL = "[^"]*"$', re.M)
 

@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_training import TINY, tiny_blocks, tiny_config, tiny_model
+from tiny_training import TINY, sharded_checkpoint, sharded_hf_folder, tiny_blocks, tiny_config, tiny_model
 
 from llama_course.interop import load_hf_checkpoint, load_meta_checkpoint, save_hf_checkpoint, save_meta_checkpoint
 from llama_course.model import Llama
 from llama_course.pretrained import consolidate_sharded
-from llama_course.training.checkpoint import save_checkpoint
-from llama_course.training.optim import AdamWConfig, build_optimizer
 from llama_course.training.pretrain import load_trained_model
 from llama_course.training.trainer import Trainer
 
@@ -84,17 +82,6 @@ def test_chat_and_sft_loading_of_a_run_never_read_its_pickles(tmp_path, marker):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), expected.parameters(), strict=True))
 
 
-def sharded_checkpoint(output_dir: Path) -> tuple[Llama, Path]:
-    """A Distributed Checkpoint written by one process (FSDP runs write the same files, one per rank)."""
-    model = tiny_model(3)
-    optimizer = build_optimizer(model, AdamWConfig())
-    state = {"step": 5, "tokens": 0, "data": {"position": 0, "seed": 0},
-             "metadata": {"model_config": TINY.to_dict()}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DCP warns that no process group is initialised
-        return model, save_checkpoint(output_dir, 5, model, optimizer, state, sharded=True)
-
-
 def test_sharded_checkpoints_are_refused_outside_a_resume_and_their_pickle_never_runs(tmp_path, marker):
     _, checkpoint = sharded_checkpoint(tmp_path / "run")
     with (checkpoint / "sharded" / ".metadata").open("wb") as file:
@@ -131,22 +118,6 @@ def test_hf_bin_and_meta_pth_payloads_are_refused(tmp_path, marker):
     with pytest.raises(ValueError, match="holds more than tensors"):
         load_meta_checkpoint(tmp_path / "meta")
     assert not marker.exists()
-
-
-def sharded_hf_folder(folder: Path, model: Llama) -> dict[str, str]:
-    """`model` as a two-shard Hugging Face folder; returns the index's weight map."""
-    save_hf_checkpoint(model, folder)
-    from safetensors.torch import load_file
-
-    weights = load_file(folder / "model.safetensors")
-    (folder / "model.safetensors").unlink()
-    names = sorted(weights)
-    halves = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
-    for shard, shard_names in halves.items():
-        save_file({name: weights[name] for name in shard_names}, folder / shard)
-    weight_map = {name: shard for shard, shard_names in halves.items() for name in shard_names}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return weight_map
 
 
 def test_index_json_naming_a_file_outside_the_folder_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import time
 import huggingface_hub.constants
 import pytest
 import torch
-from test_security import sharded_checkpoint, sharded_hf_folder
+from tiny_training import sharded_checkpoint, sharded_hf_folder
 
 from llama_course import cli
 from llama_course.alignment.sft import export_model

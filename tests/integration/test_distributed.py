@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from local_processes import free_port, set_process_env, single_thread
-from test_training import train
+from tiny_training import train
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from llama_course.training.checkpoint import latest_checkpoint

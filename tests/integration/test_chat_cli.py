@@ -15,7 +15,7 @@ from llama_course.config import ModelConfig
 from llama_course.generation import generate
 from llama_course.model import Llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_NEW = 12
 FIRST, SECOND = "What is 2 plus 3?", "Reverse this list: red, blue."
 
