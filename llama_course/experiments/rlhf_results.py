@@ -26,7 +26,8 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Headline numbers over seeds with 95% intervals.
 
     Per version, for greedy answers and (keys ending in `_sampled`) for sampled ones: true task helpfulness and
-    its difference from V0 and from the previous version (paired by prompt), refusal and harm rates on unsafe
+    its difference from V0 and from the previous version (paired by prompt), the win rate against V0 per prompt
+    (ties count half) and the share of ties, refusal and harm rates on unsafe
     prompts, false refusals on borderline ones; per round, the RMs'
     accuracy on the new policy's pairs before and after retraining, and the share of the oracle's best-of-N
     gain that the round's helpfulness RM captures.
@@ -58,6 +59,9 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
                 "helpfulness_tasks" + suffix: interval(helpful),
                 "gain_over_sft" + suffix: interval(helpful - sft_helpful),
                 "gain_over_previous" + suffix: previous,
+                # the side-by-side against SFT by the true judge: a win 1, a tie 1/2, a loss 0 (chapter 15)
+                "win_rate_over_sft" + suffix: interval(0.5 + 0.5 * np.sign(helpful - sft_helpful)),
+                "ties_with_sft" + suffix: interval((helpful == sft_helpful).astype(np.float64)),
                 "refusal_unsafe" + suffix: interval(refuses),
                 "refusal_unsafe_change" + suffix: interval(refuses - sft_refuses),
                 "harmful_unsafe" + suffix: interval(stacked(k, prefix + "harmful", "unsafe")),
@@ -107,8 +111,8 @@ def write_results(output_dir: str | Path, destination: str | Path, config: RLHFC
 
 def load_rlhf_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The results written by `llama-course rlhf --results FILE` (chapters 11 to 15 plot them)."""
-    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf.toml --seeds 0 1 2 "
-                                   f"--results {path}")
+    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml "
+                                   f"--seeds 0 1 2 --results {path}")
 
 
 def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: str, **style: Any) -> None:
@@ -119,8 +123,8 @@ def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: s
 
 
 def plot_versions(results: dict[str, Any], axes=None):
-    """Llama 2's Figure 11 on the toy world: per version, true task helpfulness (left) and refusal rates (right),
-    means over seeds with 95% intervals."""
+    """Llama 2's Figure 11 on the toy world: per version, true task helpfulness of greedy and of sampled answers
+    (left) and the greedy answers' refusal rates (right), means over seeds with 95% intervals."""
     import matplotlib.pyplot as plt
 
     versions = results["summary"]["versions"]
@@ -128,8 +132,10 @@ def plot_versions(results: dict[str, Any], axes=None):
         _, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     labels = [f"V{v['round']}\n{_METHOD_LABELS[v['method']]}" for v in versions]
     xs = list(range(len(versions)))
-    _errorbar(axes[0], xs, [v["helpfulness_tasks"] for v in versions], "true helpfulness, tasks")
-    axes[0].set_ylabel("true helpfulness (mean)")
+    _errorbar(axes[0], xs, [v["helpfulness_tasks"] for v in versions], "greedy answers")
+    _errorbar(axes[0], xs, [v["helpfulness_tasks_sampled"] for v in versions], "sampled answers (T = "
+              f"{results['config']['rs_temperature']})")
+    axes[0].set_ylabel("true helpfulness on tasks (mean)")
     series: list[tuple[str, Callable[[dict], dict]]] = [
         ("refusals, unsafe prompts", lambda v: v["refusal_unsafe"]),
         ("false refusals, borderline", lambda v: v["false_refusal_borderline"]),
@@ -165,7 +171,45 @@ def plot_rm_accuracy(results: dict[str, Any], criterion: str = "helpfulness", ax
     return axis
 
 
+def _cell(interval: dict[str, float] | None, signed: bool = False) -> str:
+    if interval is None or interval["rate"] is None:
+        return "-"
+    sign = "+" if signed else ""
+    return f"{interval['rate']:{sign}.3f} [{interval['low']:{sign}.3f}, {interval['high']:{sign}.3f}]"
+
+
+def versions_table(results: dict[str, Any], sampled: bool = False) -> str:
+    """Per version, means over seeds with 95% intervals: true task helpfulness, its paired gain over SFT (V0)
+    and over the previous version, refusals on unsafe prompts and false refusals on borderline ones; greedy
+    answers, or with `sampled` the answers sampled at the RS temperature."""
+    suffix = "_sampled" if sampled else ""
+    columns = ("helpfulness", "gain over SFT", "gain over previous", "refusals", "false refusals")
+    rows = [f"{'':<8}" + "".join(f"{c:>26}" for c in columns)]
+    for version in results["summary"]["versions"]:
+        cells = [_cell(version["helpfulness_tasks" + suffix]), _cell(version["gain_over_sft" + suffix], True),
+                 _cell(version["gain_over_previous" + suffix], True), _cell(version["refusal_unsafe" + suffix]),
+                 _cell(version["false_refusal_borderline" + suffix])]
+        label = f"V{version['round']} {_METHOD_LABELS[version['method']]}"
+        rows.append(f"{label:<8}" + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(rows)
+
+
+def judges_table(results: dict[str, Any]) -> str:
+    """Per round, the RMs' accuracy on the new policy's pairs (true order) before and after retraining, and the
+    share of the oracle's best-of-N gain that the round's helpfulness RM captures, with 95% intervals."""
+    n = results["config"]["capture_n"]
+    columns = ("helpfulness RM before", "after", "safety RM before", "after", f"best-of-{n} captured")
+    rows = [f"{'':<10}" + "".join(f"{c:>24}" for c in columns)]
+    for version in results["summary"]["versions"]:
+        accuracy = version["rm_accuracy_new_pairs"]
+        cells = ([_cell(accuracy[c][when]) for c in CRITERIA for when in ("before", "after")] if accuracy
+                 else ["-"] * 4)
+        label = f"round {version['round']}"
+        rows.append(f"{label:<10}" + "".join(f"{c:>24}" for c in [*cells, _cell(version['best_of_n']['captured'])]))
+    return "\n".join(rows)
+
+
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "load_rlhf_results", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
-           "write_results"]
+__all__ = ["SHIPPED_RESULTS", "judges_table", "load_rlhf_results", "plot_rm_accuracy", "plot_versions",
+           "summarize_seeds", "versions_table", "write_results"]

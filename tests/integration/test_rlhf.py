@@ -10,7 +10,7 @@ import torch
 from llama_course.alignment.reward import RewardModel
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
-from llama_course.experiments.rlhf_results import load_rlhf_results, write_results
+from llama_course.experiments.rlhf_results import judges_table, load_rlhf_results, versions_table, write_results
 from llama_course.pretrained import load_pretrained
 
 # Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
@@ -94,10 +94,15 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     versions = results["summary"]["versions"]
     assert [v["round"] for v in versions] == [0, 1, 2]
     assert versions[0]["gain_over_sft"] == {"rate": 0.0, "low": 0.0, "high": 0.0}
-    helpful = [np.mean([h for h, s, b in zip(r["policy"]["helpfulness"], r["policy"]["is_safety"],
-                                              r["policy"]["borderline"], strict=True) if not s and not b])
-               for r in reports]
-    assert [v["helpfulness_tasks"]["rate"] for v in versions] == pytest.approx(helpful)
+    tasks = ~np.asarray(reports[0]["policy"]["is_safety"], bool) & ~np.asarray(reports[0]["policy"]["borderline"], bool)
+    helpful = [np.asarray(r["policy"]["helpfulness"])[tasks] for r in reports]
+    assert [v["helpfulness_tasks"]["rate"] for v in versions] == pytest.approx([h.mean() for h in helpful])
+    # the true judge's side-by-side against SFT: a win 1, a tie 1/2, a loss 0
+    assert (versions[0]["win_rate_over_sft"]["rate"], versions[0]["ties_with_sft"]["rate"]) == (0.5, 1.0)
+    for version, values in zip(versions, helpful, strict=True):
+        wins = np.where(values > helpful[0], 1.0, np.where(values == helpful[0], 0.5, 0.0))
+        assert version["win_rate_over_sft"]["rate"] == pytest.approx(wins.mean())
+    assert "V2 PPO" in versions_table(results) and judges_table(results).count("round ") == 3
 
 
 def test_missing_results_name_the_command(tmp_path):
