@@ -44,6 +44,7 @@ LAYERS = {
 }
 
 PACKAGE = Path(llama_course.__file__).parent
+CONTRIBUTING = Path(__file__).resolve().parents[2] / "CONTRIBUTING.md"
 LAUNCH = re.compile(r"-m\s+(llama_course(?:\.\w+)+)")
 
 
@@ -107,6 +108,20 @@ GRAPH = {name: imports(name) for name in MODULES}
 def where(source: str, target: str) -> str:
     line = next(line for module, line in GRAPH[source] if module == target)
     return f"{MODULES[source].relative_to(PACKAGE.parent)}:{line} ({source} -> {target})"
+
+
+def layer_table() -> str:
+    """LAYERS as the Markdown table that CONTRIBUTING.md shows."""
+    rows = ["| layer | modules and subpackages of `llama_course/` | may import from |", "|---|---|---|"]
+    for layer in sorted({layer for layer, _ in LAYERS.values()}):
+        names = ", ".join(f"`{name}`" for name, (number, _) in LAYERS.items() if number == layer)
+        rows.append(f"| {layer} | {names} | {'layer 1' if layer == 1 else f'layers 1 to {layer}'} |")
+    return "\n".join(rows)
+
+
+def test_contributing_shows_the_layer_table():
+    assert layer_table() in CONTRIBUTING.read_text(), (
+        f"CONTRIBUTING.md's layer table differs from LAYERS; replace it with:\n{layer_table()}")
 
 
 def test_every_module_has_a_layer():
