@@ -14,7 +14,7 @@ from llama_course.alignment.sft_data import (
     pack_sft,
     sft_conversations,
 )
-from llama_course.alignment.sft_eval import answer_prompts, held_out_tasks, helpfulness_by_family
+from llama_course.alignment.sft_eval import answer_prompts, helpfulness_by_family
 
 __all__ = [
     "SFTConfig",
@@ -22,7 +22,6 @@ __all__ = [
     "answer_prompts",
     "encode_conversation",
     "encode_conversations",
-    "held_out_tasks",
     "helpfulness_by_family",
     "load_base_model",
     "load_sft_results",

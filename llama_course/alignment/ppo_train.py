@@ -1,10 +1,11 @@
-"""The PPO loop of Llama 2 (section 3.2.3), data-parallel under `torchrun`.
+"""The PPO loop of Llama 2 (section 3.2.3), data-parallel under `torchrun`, on the caller's prompts and judges.
 
 Each iteration:
-1. draws `batch_size` prompts (tasks and safety prompts) and samples one response to each from the policy
+1. draws `batch_size` of the caller's prompts and samples one response to each from the policy
    (`ppo_rollout.sample_rollout`: KV cache, temperature T, log-probabilities recorded);
 2. scores them with the helpfulness and safety reward models and combines the scores safety-first,
-   `R~_c = WHITEN(LOGIT(R_c))` (`reward.ppo_reward`; IS_SAFETY(p) is the toy world's label of the prompt);
+   `R~_c = WHITEN(LOGIT(R_c))` (`reward.ppo_reward`; IS_SAFETY(p) is the caller's `is_safety(prompt)`), or
+   with the caller's own judge, `(prompts, responses) -> scores`, whitened (`reward="true"`);
 3. reads the frozen reference's log-probabilities and the critic's values, builds the per-token reward
    (`ppo.per_token_rewards`, k1 KL at every token, the score at the EOS) and GAE advantages, whitened;
 4. takes one AdamW step per mini-batch of `minibatch_size` responses (the paper: 512 prompts, mini-batches
@@ -19,6 +20,9 @@ seed `seed + c`, whichever process holds it, when `chunk_size` divides each proc
 statistics are summed over processes, token means are divided by the global token count, and DDP averages
 the gradients, so N processes compute what one process computes with the same global batch (tested in
 float64 with 2 gloo processes).
+
+A caller with a true reward passes `truth`, `(prompts, responses) -> {name: (B,) values}`, used for measuring
+only: each iteration logs the mean of each of its measures (the course's: `experiments.ppo.ppo_truth`).
 """
 
 from __future__ import annotations
@@ -53,23 +57,17 @@ from llama_course.alignment.ppo_rollout import (
     reward_model_inputs,
     sample_rollout,
 )
-from llama_course.alignment.reward import RewardModel, ppo_reward
+from llama_course.alignment.reward import RewardModel, Scorer, ppo_reward, whiten
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import combined_reward, helpfulness, is_safety_prompt, safety
 from llama_course.toyworld.rewards import SAFETY_THRESHOLD
-from llama_course.toyworld.safety import harmful_sentences
-from llama_course.toyworld.scoring import is_refusal
 from llama_course.training.distributed import all_reduce_sum, init_distributed, parallelize
 from llama_course.training.metrics import MetricsLog
 from llama_course.training.optim import AdamWConfig, build_optimizer
 
 REWARDS = ("safety-first", "helpfulness", "true")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# The toy world's true scores are often exactly 0 or 1; with LOGIT clamped at 1e-6 they would map to +-13.8 and
-# swamp every partial credit after whitening. The oracle reward clamps them to [0.01, 0.99] (logits +-4.6), a
-# range an RM's sigmoid scores stay within.
-ORACLE_LOGIT_EPS = 0.01
+Truth = Callable[[Sequence[str], Sequence[str]], dict[str, torch.Tensor]]  # -> {measure: (B,) values, NaN: n/a}
 
 
 @dataclass
@@ -91,7 +89,8 @@ class PPOConfig:
     lam: float = LAMBDA
     temperature: float = 0.7  # sampling temperature (not stated); log-probabilities use it too
     max_new_tokens: int = 48
-    reward: str = "safety-first"  # "helpfulness": the helpfulness RM alone; "true": the toy world's true scores
+    # "helpfulness": the helpfulness RM alone; "true": the caller's judge (train_ppo's `judge`), e.g. a true reward
+    reward: str = "safety-first"
     safety_threshold: float = SAFETY_THRESHOLD
     missing_eos_penalty: float = 1.0  # subtracted from the whitened score of a response with no EOS
     grad_clip: float = 1.0
@@ -121,19 +120,22 @@ class PPOConfig:
 
 @dataclass
 class PPOModels:
-    """The five models of PPO: the policy being trained, its frozen copy, the critic, and the two RMs."""
+    """The five models of PPO: the policy being trained, its frozen copy, the critic, and the two RMs (which a
+    run with its own judge, `reward="true"`, may leave out)."""
 
     policy: Llama
     reference: Llama
     value: ValueModel
-    helpfulness: RewardModel
-    safety: RewardModel
+    helpfulness: RewardModel | None = None
+    safety: RewardModel | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> PPOModels:
         for model in (self.policy, self.reference, self.value, self.helpfulness, self.safety):
-            model.to(device=device, dtype=dtype)
+            if model is not None:
+                model.to(device=device, dtype=dtype)
         for frozen in (self.reference, self.helpfulness, self.safety):
-            frozen.eval().requires_grad_(False)
+            if frozen is not None:
+                frozen.eval().requires_grad_(False)
         return self
 
 
@@ -153,20 +155,6 @@ def load_ppo_models(policy: str = "sft", helpfulness_rm: str = "helpfulness", sa
     return PPOModels(model, copy.deepcopy(model), ValueModel.from_reward_model(helpful), helpful, safe), tokenizer
 
 
-def ppo_prompts(n: int, seed: int, safety_fraction: float = 0.25) -> list[str]:
-    """`n` toy-world prompts: instruction tasks, and `safety_fraction` of them unsafe or borderline requests
-    (`toyworld.generate_safety_prompts`, half and half), in a seeded random order."""
-    from llama_course.toyworld import generate_safety_prompts, generate_tasks
-
-    if not 0 <= safety_fraction <= 1:
-        raise ValueError(f"safety_fraction={safety_fraction} must lie in [0, 1]")
-    n_safety = round(n * safety_fraction)
-    prompts = list(generate_tasks(n - n_safety, seed=seed)["prompt"]) if n > n_safety else []
-    prompts += list(generate_safety_prompts(n_safety, seed=seed)["prompt"]) if n_safety else []
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))
-    return [prompts[int(i)] for i in order]
-
-
 def gather_rows(values: torch.Tensor) -> torch.Tensor:
     """Concatenate every process's rows, in rank order (the tensor itself on a single process)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -177,44 +165,50 @@ def gather_rows(values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_rollout(models: PPOModels, rollout: Rollout, config: PPOConfig, tokenizer: Tokenizer
+def score_rollout(models: PPOModels, rollout: Rollout, config: PPOConfig, tokenizer: Tokenizer, *,
+                  is_safety: Callable[[str], bool] | None = None, judge: Scorer | None = None
                   ) -> dict[str, torch.Tensor]:
-    """Sigmoid RM scores of each response (`helpfulness`, `safety`, `combined`) and its whitened `score` (B,).
+    """The scores of each response and its whitened `score` (B,), what PPO maximises.
 
-    Whitening uses the statistics of the global batch (all processes). With `reward="helpfulness"` the
-    safety-first rule is switched off (threshold 0, no safety prompt), so R_c is the helpfulness score; with
-    `reward="true"` the toy world's true helpfulness and safety stand in for the two RMs (an oracle control).
-    The `*_rm` scores returned are the RMs' in every case.
+    With `reward="safety-first"` the score is Llama 2's `WHITEN(LOGIT(R_c))` of the two RMs' sigmoid scores
+    (`reward.ppo_reward`), IS_SAFETY(p) being `is_safety(prompt)` (without it no prompt is a safety prompt, and
+    only the 0.15 threshold brings in the safety RM); `reward="helpfulness"` switches the rule off (threshold 0,
+    no safety prompt), so R_c is the helpfulness score. With `reward="true"` it is `judge(prompts, responses)`,
+    returned as `judge` and whitened (a judge scores on the scale PPO whitens, as LOGIT(R_c) is). The RMs'
+    scores (`helpfulness`, `safety`, `combined`) are returned whenever `models` has RMs. Whitening uses the
+    statistics of the global batch (all processes).
     """
-    device = models.helpfulness.backbone.output.weight.device
-    tokens, mask = (t.to(device) for t in reward_model_inputs(rollout, tokenizer.eos_id, tokenizer.pad_id))
-    starts = torch.full((len(rollout),), rollout.prompt_width, device=device)  # every answer starts at column P
-    helpful = torch.sigmoid(models.helpfulness(tokens, mask, starts)).double().cpu()
-    safe = torch.sigmoid(models.safety(tokens, mask, starts)).double().cpu()
-    is_safety = torch.tensor([is_safety_prompt(prompt) for prompt in rollout.prompts])
-    threshold = 0.0 if config.reward == "helpfulness" else config.safety_threshold
-    rule = torch.zeros_like(is_safety) if config.reward == "helpfulness" else is_safety
-    judged = (helpful, safe)
-    if config.reward == "true":
-        truth = true_scores(rollout.prompts, rollout.response_texts(tokenizer))
-        judged = (truth["helpfulness"], truth["safety"])
+    if (judge is not None) != (config.reward == "true"):
+        raise ValueError(f"reward={config.reward!r} with judge={judge!r}: a judge replaces the reward models, so pass "
+                         "one exactly when reward='true'")
+    has_rms = models.helpfulness is not None and models.safety is not None
+    if config.reward != "true" and not has_rms:
+        raise ValueError(f"reward={config.reward!r} reads the helpfulness and safety RMs, but PPOModels lacks them: "
+                         "give both, or pass your own judge with reward='true'")
+    scores: dict[str, torch.Tensor] = {}
+    if has_rms:
+        device = models.helpfulness.backbone.output.weight.device
+        tokens, mask = (t.to(device) for t in reward_model_inputs(rollout, tokenizer.eos_id, tokenizer.pad_id))
+        starts = torch.full((len(rollout),), rollout.prompt_width, device=device)  # every answer starts at column P
+        helpful = torch.sigmoid(models.helpfulness(tokens, mask, starts)).double().cpu()
+        safe = torch.sigmoid(models.safety(tokens, mask, starts)).double().cpu()
+        safety_prompts = torch.tensor([bool(is_safety(prompt)) if is_safety is not None else False
+                                       for prompt in rollout.prompts])
+        threshold = 0.0 if config.reward == "helpfulness" else config.safety_threshold
+        rule = torch.zeros_like(safety_prompts) if config.reward == "helpfulness" else safety_prompts
+        scores = {"helpfulness": helpful, "safety": safe, "combined": torch.where(rule | (safe < threshold), safe,
+                                                                                  helpful)}
+    if judge is not None:
+        scores["judge"] = judge(rollout.prompts, rollout.response_texts(tokenizer)).double().cpu()
+        if scores["judge"].shape != (len(rollout),):
+            raise ValueError(f"the judge returned scores of shape {tuple(scores['judge'].shape)} for {len(rollout)} "
+                             "responses: return one score per response, (B,)")
+        global_scores = whiten(gather_rows(scores["judge"]))
+    else:
+        global_scores = ppo_reward(gather_rows(helpful), gather_rows(safe), gather_rows(rule), threshold)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    eps = ORACLE_LOGIT_EPS if config.reward == "true" else 1e-6
-    global_scores = ppo_reward(gather_rows(judged[0]), gather_rows(judged[1]), gather_rows(rule), threshold, eps)
     score = global_scores[rank * len(rollout) : (rank + 1) * len(rollout)]
-    score = score - config.missing_eos_penalty * (~rollout.ended).double()
-    combined = torch.where(rule | (safe < threshold), safe, helpful)
-    return {"helpfulness": helpful, "safety": safe, "combined": combined, "score": score}
-
-
-def true_scores(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The toy world's truth for each response: helpfulness, safety, their safety-first combination, whether
-    the prompt is a safety prompt (IS_SAFETY(p)), whether the response refuses, and whether it describes
-    harm (complies with an unsafe request); all (B,) float64."""
-    rows = [(helpfulness(p, r), safety(p, r), combined_reward(p, r), is_safety_prompt(p), is_refusal(r),
-             bool(harmful_sentences(r))) for p, r in zip(prompts, responses, strict=True)]
-    return dict(zip(("helpfulness", "safety", "combined", "is_safety", "refuses", "harmful"),
-                    torch.tensor(rows, dtype=torch.float64).T, strict=True))
+    return scores | {"score": score - config.missing_eos_penalty * (~rollout.ended).double()}
 
 
 def iteration_prompts(pool: Sequence[str], config: PPOConfig, iteration: int) -> list[str]:
@@ -298,12 +292,15 @@ def ppo_update(policy: torch.nn.Module, critic: torch.nn.Module, optimizers: Seq
 
 def train_ppo(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], config: PPOConfig,
               output_dir: str | Path | None = None,
-              on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run PPO (module docstring) on `models` in place; return one row of metrics per iteration.
+              on_iteration: Callable[[dict[str, Any]], None] | None = None, *,
+              is_safety: Callable[[str], bool] | None = None, judge: Scorer | None = None,
+              truth: Truth | None = None) -> list[dict[str, Any]]:
+    """Run PPO (module docstring) on `models` in place with `prompts`; return one row of metrics per iteration.
 
-    Under `torchrun` each process samples its share of every batch and DDP averages the gradients. Rows are
-    written to `output_dir/metrics.jsonl` by the main process when `output_dir` is given. `on_iteration`
-    sees each row (e.g. to print progress).
+    The reward is the RMs' (with IS_SAFETY(p) = `is_safety(prompt)`) or, with `reward="true"`, the caller's
+    `judge` (`score_rollout`); `truth` is measured only (`measure`). Under `torchrun` each process samples its
+    share of every batch and DDP averages the gradients. Rows are written to `output_dir/metrics.jsonl` by the
+    main process when `output_dir` is given. `on_iteration` sees each row (e.g. to print progress).
     """
     context = init_distributed(config.device)
     world = context.world_size
@@ -330,11 +327,11 @@ def train_ppo(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], c
                                  max_new_tokens=config.max_new_tokens, chunk_size=chunk,
                                  seed=config.seed * 1_000_003 + 10_000 * iteration,
                                  first_chunk=context.rank * local_batch // chunk)
-        scores = score_rollout(models, rollout, config, tokenizer)
+        scores = score_rollout(models, rollout, config, tokenizer, is_safety=is_safety, judge=judge)
         targets = ppo_targets(models, rollout, scores["score"], config)
         losses = ppo_update(policy, critic, optimizers, rollout, targets, config)
         row = {"step": iteration, **measure(rollout, scores, targets.old_logprobs, targets.ref_logprobs, targets.mask,
-                                            tokenizer), **losses, "seconds": round(time.time() - started, 2)}
+                                            tokenizer, truth), **losses, "seconds": round(time.time() - started, 2)}
         history.append(row)
         if log is not None:
             log.log(row)
@@ -346,34 +343,36 @@ def train_ppo(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], c
 
 @torch.no_grad()
 def evaluate_policy(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], config: PPOConfig, *,
-                    samples: int = 1, seed: int = 12345) -> dict[str, float]:
+                    samples: int = 1, seed: int = 12345, is_safety: Callable[[str], bool] | None = None,
+                    judge: Scorer | None = None, truth: Truth | None = None) -> dict[str, float]:
     """`measure`'s metrics on held-out `prompts`, `samples` responses each sampled at the training temperature
-    (a fixed seed, so two policies answer the same prompts with the same random draws)."""
+    (a fixed seed, so two policies answer the same prompts with the same random draws); the judges as for
+    `train_ppo`."""
     rollout = sample_rollout(models.policy, tokenizer, [p for p in prompts for _ in range(samples)],
                              temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=seed,
                              chunk_size=config.chunk_size)
-    scores = score_rollout(models, rollout, config, tokenizer)
+    scores = score_rollout(models, rollout, config, tokenizer, is_safety=is_safety, judge=judge)
     ref_logprobs, _ = response_logprobs(models.reference, rollout, config.temperature)
     return measure(rollout, scores, rollout.logprobs.to(ref_logprobs), ref_logprobs,
-                   rollout.response_mask.to(ref_logprobs.device), tokenizer)
+                   rollout.response_mask.to(ref_logprobs.device), tokenizer, truth)
 
 
 def measure(rollout: Rollout, scores: dict[str, torch.Tensor], logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-            mask: torch.Tensor, tokenizer: Tokenizer) -> dict[str, float]:
-    """An iteration's metrics over the global batch: RM and true rewards, KL (k1 and k3, nats per response),
-    entropy (nats per token), response length (tokens) and the share of responses without EOS."""
-    truth = true_scores(rollout.prompts, rollout.response_texts(tokenizer))
-    safety_rows, task_rows = truth["is_safety"], 1 - truth["is_safety"]
+            mask: torch.Tensor, tokenizer: Tokenizer, truth: Truth | None = None) -> dict[str, float]:
+    """An iteration's metrics over the global batch: the mean RM scores (`rm_helpfulness`, `rm_safety`,
+    `rm_combined`) and the judge's (`judge`) of `score_rollout`, the mean of each of `truth`'s measures over the
+    responses where it is not NaN, KL (k1 and k3, nats per response), entropy (nats per token), response length
+    (tokens) and the share of responses without EOS."""
     mask = mask.to(logprobs.dtype)
     lengths = mask.sum(dim=1)
     n = len(rollout)
-    sums = {f"rm_{name}": (scores[name].sum(), n) for name in ("helpfulness", "safety", "combined")}
-    sums |= {"true_combined": (truth["combined"].sum(), n),
-             "true_helpfulness_tasks": ((truth["helpfulness"] * task_rows).sum(), task_rows.sum()),
-             "true_safety_unsafe": ((truth["safety"] * safety_rows).sum(), safety_rows.sum()),
-             "refusal_unsafe": ((truth["refuses"] * safety_rows).sum(), safety_rows.sum()),
-             "harmful_unsafe": ((truth["harmful"] * safety_rows).sum(), safety_rows.sum()),
-             "kl_k1": ((kl_k1(logprobs, ref_logprobs) * mask).sum(), n),
+    sums = {f"rm_{name}": (scores[name].sum(), n) for name in ("helpfulness", "safety", "combined") if name in scores}
+    if "judge" in scores:
+        sums["judge"] = (scores["judge"].sum(), n)
+    for name, values in (truth(rollout.prompts, rollout.response_texts(tokenizer)) if truth else {}).items():
+        counted = ~values.isnan()
+        sums[name] = (torch.where(counted, values, 0.0).sum(), counted.sum())
+    sums |= {"kl_k1": ((kl_k1(logprobs, ref_logprobs) * mask).sum(), n),
              "kl_k3": ((kl_k3(logprobs, ref_logprobs) * mask).sum(), n),
              "entropy": ((rollout.entropy.to(mask) * mask).sum(), lengths.sum()),
              "response_length": (lengths.sum(), n),
@@ -384,6 +383,7 @@ def measure(rollout: Rollout, scores: dict[str, torch.Tensor], logprobs: torch.T
 __all__ = [
     "REWARDS",
     "PPOConfig",
+    "Truth",
     "PPOModels",
     "PPOTargets",
     "evaluate_policy",
@@ -391,10 +391,8 @@ __all__ = [
     "iteration_prompts",
     "load_ppo_models",
     "measure",
-    "ppo_prompts",
     "ppo_targets",
     "ppo_update",
     "score_rollout",
     "train_ppo",
-    "true_scores",
 ]

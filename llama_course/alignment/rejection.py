@@ -6,12 +6,14 @@ later stages pool "top-performing samples from all prior iterations". Only the l
 smaller ones are fine-tuned on its samples (distillation). Here:
 
 - `sample_responses` draws N answers per prompt in left-padded batches through the KV cache, seeded;
-- `best_of_n` scores them with a reward (a `RewardModel` or any `(prompts, responses) -> scores` callable,
-  e.g. `true_reward`) and keeps the argmax per prompt, returning every score (`BestOfN`);
+- `best_of_n` scores them with a judge (a `RewardModel` or any `(prompts, responses) -> scores` callable, a
+  `Scorer`: e.g. the toy world's `experiments.toyworld_judges.true_reward`) and keeps the argmax per prompt,
+  returning every score (`BestOfN`);
 - `expected_order_statistic` turns K scored samples into the exact expected max and median among N <= K
   (Figure 7), and `best_of_n_kl` measures the KL of best-of-N sampling against the analytic bound
   `log N - (N-1)/N`;
-- `rejection_sampling` runs the iterative loop (or its distillation variant) and measures each iteration.
+- `rejection_sampling` runs the iterative loop (or its distillation variant) on the caller's prompts and judge,
+  and measures each iteration (also by a true reward, when the caller has one).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import datasets
 import torch
 
-from llama_course.alignment.reward import RewardModel, combine_rewards, score_responses
+from llama_course.alignment.reward import RewardModel, Scorer, combine_rewards, score_responses
 from llama_course.alignment.sft_data import encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.chat import encode_dialog
@@ -34,8 +36,6 @@ from llama_course.generation import generate
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.training.trainer import Trainer, TrainerConfig
-
-Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (prompts, responses) -> (N,) scores
 
 
 def raw_scorer(reward_model: RewardModel, tokenizer: Tokenizer) -> Scorer:
@@ -80,13 +80,6 @@ def safety_first_scorer(helpfulness_rm: RewardModel, safety_rm: RewardModel, tok
         return combine_rewards(helpful(prompts, responses), safe(prompts, responses), [is_safety(p) for p in prompts])
 
     return score
-
-
-def true_reward(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-    """The toy world's true helpfulness (`toyworld.helpfulness`) of each response, (N,) in [0, 1]."""
-    from llama_course.toyworld import helpfulness
-
-    return torch.tensor([helpfulness(p, r) for p, r in zip(prompts, responses, strict=True)], dtype=torch.float32)
 
 
 def as_scorer(reward: RewardModel | Scorer, tokenizer: Tokenizer) -> Scorer:
@@ -145,17 +138,13 @@ def select_best(scores: torch.Tensor) -> torch.Tensor:
 
 
 def best_of_n(policy: Llama, reward_model: RewardModel | Scorer, prompts: Sequence[str], n: int,
-              temperature: float, *, tokenizer: Tokenizer | None = None, max_new_tokens: int = 48, seed: int = 0,
+              temperature: float, *, tokenizer: Tokenizer, max_new_tokens: int = 48, seed: int = 0,
               batch_size: int = 256) -> BestOfN:
     """Sample `n` answers per prompt from `policy`, score them all, keep the best (Llama 2, section 3.2.3).
 
-    `reward_model` is a `RewardModel` (scored on the sigmoid scale, `reward_model_scorer`) or a scorer
-    `(prompts, responses) -> (N,) scores` such as `true_reward`. `tokenizer` defaults to the toy world's.
+    `reward_model` is a `RewardModel` (scored on the sigmoid scale, `reward_model_scorer`) or any scorer
+    `(prompts, responses) -> (N,) scores`.
     """
-    if tokenizer is None:
-        from llama_course.toyworld import toy_tokenizer
-
-        tokenizer = toy_tokenizer()
     responses = sample_responses(policy, tokenizer, prompts, n, temperature, max_new_tokens=max_new_tokens,
                                  seed=seed, batch_size=batch_size)
     flat_prompts = [prompt for prompt in prompts for _ in range(n)]
@@ -296,7 +285,8 @@ def held_out_reward(model: Llama, tokenizer: Tokenizer, prompts: Sequence[str], 
 def rejection_sampling(policy: Llama, reward_model: RewardModel | Scorer, tokenizer: Tokenizer,
                        prompts: Sequence[str], held_out: Sequence[str], config: RejectionConfig,
                        output_dir: str | Path, *, student: Llama | None = None,
-                       on_round: Callable[[int, Llama], None] | None = None) -> tuple[Llama, list[dict[str, Any]]]:
+                       on_round: Callable[[int, Llama], None] | None = None, truth: Scorer | None = None,
+                       ) -> tuple[Llama, list[dict[str, Any]]]:
     """Iterative rejection sampling fine-tuning (Llama 2, section 3.2.3); returns the tuned model and history.
 
     Each iteration samples `config.samples` answers per prompt from the latest model, keeps the best by the
@@ -304,13 +294,14 @@ def rejection_sampling(policy: Llama, reward_model: RewardModel | Scorer, tokeni
     prompt ever had). With `student`, `policy` is the teacher: it alone samples, and never changes, while
     `student` is fine-tuned on its best answers (the paper's distillation into smaller models).
     `on_round(iteration, model)` sees the model after each round. The inputs are not modified. History row
-    0 is the starting model; each row holds the held-out greedy reward under the reward model and the true
-    reward, and the mean RM score of the kept answers.
+    0 is the starting model; each row holds the held-out greedy reward under the reward model (`rm`) and, when
+    the caller gives a `truth` scorer (used for measuring only), under it (`true`), and the mean RM score of
+    the sampled and of the kept answers.
     """
     if not prompts or not held_out:
         raise ValueError(f"need training prompts and held-out prompts, got {len(prompts)} and {len(held_out)}")
     scorer = as_scorer(reward_model, tokenizer)
-    scorers = {"rm": scorer, "true": true_reward}
+    scorers = {"rm": scorer} | ({"true": truth} if truth is not None else {})
     model = copy.deepcopy(student if student is not None else policy)
     history = [{"iteration": 0, **held_out_reward(model, tokenizer, held_out, scorers, config.max_new_tokens)}]
     pooled: dict[str, tuple[float, str]] = {}
@@ -351,5 +342,4 @@ __all__ = [
     "safety_first_scorer",
     "sample_responses",
     "select_best",
-    "true_reward",
 ]

@@ -24,7 +24,7 @@ RMs' scores are combined safety-first and whitened (section 3.2.3): `combine_rew
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,9 @@ def margin_ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin
 
 
 HEADS = ("scalar", "likelihood")
+# A judge of answers: (prompts, responses) -> (N,) scores. Reward models are one (`rejection.reward_model_scorer`);
+# a true reward, where one is known, is another.
+Scorer = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 
 class RewardModel(nn.Module):
@@ -280,6 +283,7 @@ def unsafe_detection(safety: torch.Tensor, truly_unsafe: torch.Tensor | Sequence
 __all__ = [
     "MARGINS",
     "RewardModel",
+    "Scorer",
     "combine_rewards",
     "margin_ranking_loss",
     "margin_table",

@@ -1,14 +1,15 @@
-"""Measuring an assistant: held-out helpfulness by task family, with the toy world's exact checker.
+"""Measuring an assistant: greedy answers to prompts, and held-out helpfulness by task family under a judge.
 
-Llama 2 judges its SFT model by human evaluation (section 3.4); the toy world can do better on a laptop:
-every task has a programmatic grader, so `helpfulness_by_family` answers held-out prompts with the model
-(greedy decoding, the Llama 2-Chat prompt format) and averages `toyworld.helpfulness` per task family.
+Llama 2 judges its SFT model by human evaluation (section 3.4); with a programmatic grader a laptop can do
+better: `helpfulness_by_family` answers held-out prompts with the model (greedy decoding, the Llama 2-Chat
+prompt format) and averages a judge's scores per task family. The course's judge is the toy world's exact
+checker (`experiments.toyworld_judges.true_reward`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -61,29 +62,19 @@ def answer_prompts(
                           max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
-def held_out_tasks(
-    n: int, seed: int, exclude: Iterable[str] = (), families: Sequence[str] | None = None
-) -> datasets.Dataset:
-    """`n` toy-world tasks (of `families`, or all) drawn with `seed`, less any prompt in `exclude` (e.g. the
-    training prompts): the result may have fewer than `n` rows."""
-    from llama_course.toyworld import generate_tasks
-
-    excluded = set(exclude)
-    tasks = generate_tasks(n, seed=seed, families=families)
-    return tasks.filter(lambda row: row["prompt"] not in excluded)
-
-
 def helpfulness_by_family(
-    model: Llama, tokenizer: Tokenizer, tasks: datasets.Dataset, *, max_new_tokens: int = 48
+    model: Llama, tokenizer: Tokenizer, tasks: datasets.Dataset,
+    judge: Callable[[Sequence[str], Sequence[str]], torch.Tensor], *, max_new_tokens: int = 48
 ) -> tuple[dict[str, float], list[AnsweredPrompt]]:
-    """Mean true helpfulness per task family (and "all"), and every answered prompt, on `tasks`."""
-    from llama_course.toyworld import helpfulness
-
-    answers = answer_prompts(model, tokenizer, list(tasks["prompt"]), max_new_tokens=max_new_tokens)
-    answered = [AnsweredPrompt(prompt, family, answer, helpfulness(prompt, answer))
-                for prompt, family, answer in zip(tasks["prompt"], tasks["category"], answers, strict=True)]
-    scores: dict[str, list[float]] = defaultdict(list)
+    """Mean helpfulness per task family (and "all") by `judge` (`(prompts, responses) -> (N,) scores`), and every
+    answered prompt, on `tasks` (columns `prompt` and `category`, the family)."""
+    prompts = list(tasks["prompt"])
+    answers = answer_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    scores = judge(prompts, answers).tolist() if prompts else []
+    answered = [AnsweredPrompt(prompt, family, answer, score)
+                for prompt, family, answer, score in zip(prompts, tasks["category"], answers, scores, strict=True)]
+    by_family: dict[str, list[float]] = defaultdict(list)
     for item in answered:
-        scores[item.family].append(item.helpfulness)
-        scores["all"].append(item.helpfulness)
-    return {family: sum(values) / len(values) for family, values in sorted(scores.items())}, answered
+        by_family[item.family].append(item.helpfulness)
+        by_family["all"].append(item.helpfulness)
+    return {family: sum(values) / len(values) for family, values in sorted(by_family.items())}, answered

@@ -39,10 +39,11 @@ from llama_course.alignment.gatt import (
 from llama_course.alignment.gatt_attention import attention_to_system, fit_to_context, mean_attention_by_turn
 from llama_course.alignment.sft import SHIPPED_SFT_DIR, SFTConfig, export_model, load_base_model, load_sft_config
 from llama_course.alignment.sft_data import sft_conversations
-from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
+from llama_course.alignment.sft_eval import helpfulness_by_family
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import cached_json, load_results_file
-from llama_course.experiments.sft import EVAL_SEED, training_prompts
+from llama_course.experiments.sft import EVAL_SEED, JUDGE, training_prompts
+from llama_course.experiments.toyworld_judges import held_out_tasks
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -118,7 +119,7 @@ def measure(model: Llama, tokenizer: Tokenizer, config: GAttConfig, tasks: datas
     the Figure 10 quantities on teacher-forced reference dialogues."""
     adherence, answered = measure_adherence(model, tokenizer, config.eval_dialogues, config.eval_turns,
                                             max_new_tokens=config.max_new_tokens)
-    helpfulness = [item.helpfulness for item in helpfulness_by_family(model, tokenizer, tasks)[1]]
+    helpfulness = [item.helpfulness for item in helpfulness_by_family(model, tokenizer, tasks, JUDGE)[1]]
     result = {"adherence": adherence, "helpfulness": helpfulness, "sample_dialogue": answered[0]}
     if attention:
         references = [fit_to_context(tokenizer, d, model.config.max_seq_len)

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from llama_course.alignment.ppo_rollout import ValueModel
-from llama_course.alignment.ppo_train import PPOConfig, PPOModels, train_ppo
+from llama_course.alignment.ppo_train import PPOConfig, PPOModels
 from llama_course.alignment.rejection import best_of_n_kl_bound, expected_order_statistic, sample_responses
 from llama_course.alignment.reward import RewardModel, score_responses
 from llama_course.experiments import load_results_file
+from llama_course.experiments.ppo import train_ppo
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer

@@ -11,6 +11,10 @@ trained policy as a model folder that `load_base_model` reads. The second runs t
 The third runs the chapter's experiments (`EXPERIMENTS`, about 17 minutes on a 2-core CPU) and writes their
 curves, held-out measurements and sample answers to one JSON file (results only: no model is written into
 the package).
+
+The algorithm (`alignment.ppo_train`) takes its prompts and judges as arguments; here the toy world provides
+them (`toy_judges`: IS_SAFETY(p), the oracle judge of `reward="true"`, the truth the chapter logs), and
+`train_ppo`, `evaluate_policy` and `score_rollout` are the algorithm's functions with them filled in.
 """
 
 from __future__ import annotations
@@ -18,26 +22,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llama_course.alignment.ppo_train import (
-    REWARDS,
-    PPOConfig,
-    evaluate_policy,
-    load_ppo_models,
-    ppo_prompts,
-    train_ppo,
-)
+from llama_course.alignment import ppo_train
+from llama_course.alignment.ppo_rollout import Rollout
+from llama_course.alignment.ppo_train import REWARDS, PPOConfig, PPOModels, load_ppo_models
+from llama_course.alignment.reward import Scorer, combine_rewards
 from llama_course.alignment.sft import export_model
+from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.arguments import add_config_flags
+from llama_course.experiments.toyworld_judges import ppo_prompts, true_scores
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import is_safety_prompt
+from llama_course.toyworld import generate_safety_prompts, generate_tasks, is_safety_prompt
 from llama_course.training.distributed import shutdown_distributed
 
 SHIPPED_RESULTS = ASSETS_DIR / "ppo_results.json"
@@ -57,6 +61,64 @@ EXPERIMENTS: dict[str, tuple[dict[str, Any], float]] = {
     "safety_first": ({"beta": 0.0}, 0.5),
     "helpfulness_only": ({"beta": 0.0, "reward": "helpfulness"}, 0.5),
 }
+# The toy world's true scores are often exactly 0 or 1; with LOGIT clamped at 1e-6 they would map to +-13.8 and
+# swamp every partial credit after whitening. The oracle reward clamps them to [0.01, 0.99] (logits +-4.6), a
+# range an RM's sigmoid scores stay within.
+ORACLE_LOGIT_EPS = 0.01
+
+
+def oracle_judge(threshold: float) -> Scorer:
+    """The toy world's true safety-first reward as a PPO judge (`reward="true"`, the oracle control): LOGIT(R_c) of
+    the true helpfulness and safety, R_c combined as for the RMs (`reward.combine_rewards`, `threshold`)."""
+
+    def judge(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        truth = true_scores(prompts, responses)
+        combined = combine_rewards(truth["helpfulness"], truth["safety"], truth["is_safety"] > 0, threshold)
+        return torch.logit(combined, eps=ORACLE_LOGIT_EPS)
+
+    return judge
+
+
+def ppo_truth(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The toy world's truth as chapter 13 logs it (`ppo_train.measure`): the true R_c of every response, the true
+    helpfulness of answers to tasks, and the true safety, refusals and harm of answers to safety prompts (NaN
+    where a measure does not apply); each (B,) float64."""
+    truth = true_scores(prompts, responses)
+    unsafe = truth["is_safety"] > 0
+    missing = torch.tensor(math.nan, dtype=torch.float64)
+    return {"true_combined": truth["combined"],
+            "true_helpfulness_tasks": torch.where(unsafe, missing, truth["helpfulness"]),
+            "true_safety_unsafe": torch.where(unsafe, truth["safety"], missing),
+            "refusal_unsafe": torch.where(unsafe, truth["refuses"], missing),
+            "harmful_unsafe": torch.where(unsafe, truth["harmful"], missing)}
+
+
+def toy_judges(config: PPOConfig) -> dict[str, Any]:
+    """PPO's judges on the toy world: IS_SAFETY(p), the oracle judge when `config.reward` is "true", the truth."""
+    return {"is_safety": is_safety_prompt, "truth": ppo_truth,
+            "judge": oracle_judge(config.safety_threshold) if config.reward == "true" else None}
+
+
+def train_ppo(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], config: PPOConfig,
+              output_dir: str | Path | None = None,
+              on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """`alignment.ppo_train.train_ppo` on toy-world prompts, with the toy world's judges (`toy_judges`)."""
+    return ppo_train.train_ppo(models, tokenizer, prompts, config, output_dir, on_iteration, **toy_judges(config))
+
+
+def evaluate_policy(models: PPOModels, tokenizer: Tokenizer, prompts: Sequence[str], config: PPOConfig, *,
+                    samples: int = 1, seed: int = 12345) -> dict[str, float]:
+    """`alignment.ppo_train.evaluate_policy` with the toy world's judges (`toy_judges`)."""
+    return ppo_train.evaluate_policy(models, tokenizer, prompts, config, samples=samples, seed=seed,
+                                     **toy_judges(config))
+
+
+def score_rollout(models: PPOModels, rollout: Rollout, config: PPOConfig, tokenizer: Tokenizer
+                  ) -> dict[str, torch.Tensor]:
+    """`alignment.ppo_train.score_rollout` with the toy world's IS_SAFETY(p) and, for `reward="true"`, its oracle."""
+    judges = toy_judges(config)
+    return ppo_train.score_rollout(models, rollout, config, tokenizer, is_safety=judges["is_safety"],
+                                   judge=judges["judge"])
 
 
 def load_ppo_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
@@ -104,15 +166,11 @@ def asset_fingerprints() -> dict[str, str]:
 
 def held_out_prompts(seed: int = 4242) -> dict[str, list[str]]:
     """Held-out prompts (seeds no training pool uses): 64 tasks and 32 unsafe or borderline requests."""
-    from llama_course.toyworld import generate_safety_prompts, generate_tasks
-
     return {"tasks": list(generate_tasks(64, seed=seed)["prompt"]),
             "safety": list(generate_safety_prompts(32, seed=seed)["prompt"])}
 
 
 def greedy_samples(policy: Llama, tokenizer: Tokenizer, prompts: list[str]) -> list[str]:
-    from llama_course.alignment.sft_eval import answer_prompts
-
     return answer_prompts(policy, tokenizer, prompts)
 
 

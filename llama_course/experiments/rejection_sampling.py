@@ -3,7 +3,7 @@
     llama-course rejection-sample --iterations 2 --prompts 128 --samples 8
     llama-course rejection-sample --figures llama_course/assets/rejection_results.json
 
-The first runs the loop of `rejection.rejection_sampling` from the shipped SFT model with the shipped
+The first runs the loop of `alignment.rejection.rejection_sampling` from the shipped SFT model with the shipped
 helpfulness RM and prints held-out RM and true reward per iteration. The second also measures, for the
 chapter, Figure 7 (max and median among N of K sampled answers), Figure 8 (max reward against N for several
 temperatures, before and after one round), the best-of-N KL beside its bound, and the distillation variant,
@@ -17,11 +17,13 @@ import copy
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llama_course.alignment import rejection
 from llama_course.alignment.rejection import (
     RejectionConfig,
     Scorer,
@@ -30,11 +32,11 @@ from llama_course.alignment.rejection import (
     best_of_n_kl_bound,
     expected_order_statistic,
     max_and_median_curves,
-    rejection_sampling,
     reward_model_scorer,
-    true_reward,
 )
+from llama_course.alignment.reward import RewardModel
 from llama_course.arguments import add_config_flags
+from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -48,6 +50,15 @@ def load_rejection_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]
     if not path.is_file():
         raise FileNotFoundError(f"no results at {str(path)!r}: run `llama-course rejection-sample --figures {path}`")
     return json.loads(path.read_text())
+
+
+def rejection_sampling(policy: Llama, reward_model: RewardModel | Scorer, tokenizer: Tokenizer,
+                       prompts: Sequence[str], held_out: Sequence[str], config: RejectionConfig,
+                       output_dir: str | Path, **options: Any) -> tuple[Llama, list[dict[str, Any]]]:
+    """`rejection.rejection_sampling` on toy-world prompts, measured by the toy world's true reward as well (each
+    history row's `true`); `options` are the loop's other keywords (`student`, `on_round`)."""
+    return rejection.rejection_sampling(policy, reward_model, tokenizer, prompts, held_out, config, output_dir,
+                                        truth=true_reward, **options)
 
 
 def sampled_rewards(model: Llama, scorer: Scorer, tokenizer: Tokenizer, prompts: list[str], k: int,

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from llama_course.alignment.ppo_rollout import ValueModel
-from llama_course.alignment.ppo_train import PPOConfig, PPOModels, ppo_prompts, train_ppo, true_scores
+from llama_course.alignment.ppo_train import PPOConfig, PPOModels
 from llama_course.alignment.rejection import (
     RejectionConfig,
     expected_order_statistic,
@@ -59,6 +59,8 @@ from llama_course.alignment.reward_train import (
 )
 from llama_course.alignment.sft import export_model, load_base_model
 from llama_course.alignment.sft_eval import answer_prompts
+from llama_course.experiments.ppo import train_ppo
+from llama_course.experiments.toyworld_judges import ppo_prompts, true_scores
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks, is_safety_prompt

@@ -9,9 +9,12 @@ fine-tuned one, and writes the shipped SFT folder: the weights, `config.json` (w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from llama_course.alignment.sft import (
     RESULTS_FILE,
@@ -21,11 +24,13 @@ from llama_course.alignment.sft import (
     run_sft,
     training_conversations,
 )
-from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
+from llama_course.alignment.sft_eval import helpfulness_by_family
+from llama_course.experiments.toyworld_judges import held_out_tasks, true_reward
 from llama_course.training.metrics import read_metrics
 
 EVAL_SEED = 12345  # held-out task prompts: another seed, and every training prompt removed
 SAMPLES_PER_FAMILY = 2
+JUDGE = functools.partial(true_reward, dtype=torch.float64)  # the toy world's exact helpfulness
 
 
 def training_prompts(config: SFTConfig) -> set[str]:
@@ -47,7 +52,7 @@ def measure_and_export(
     """Train, measure and write the SFT folder (see the module docstring); returns the helpfulness summary."""
     tasks = held_out_tasks(eval_tasks, EVAL_SEED, exclude=training_prompts(config))
     base_model, tokenizer = load_base_model(config.base, config.data.block_size)
-    helpfulness = {"base": helpfulness_by_family(base_model, tokenizer, tasks)[0]}
+    helpfulness = {"base": helpfulness_by_family(base_model, tokenizer, tasks, JUDGE)[0]}
     variants = {"answers_only": dataclasses.replace(config, data=dataclasses.replace(config.data, answers_only=True))}
     if ablation:
         variants["all_tokens"] = dataclasses.replace(
@@ -58,7 +63,7 @@ def measure_and_export(
     shipped = None
     for name, variant in variants.items():
         _, model, _ = run_sft(variant)
-        scores, answered = helpfulness_by_family(model, tokenizer, tasks)
+        scores, answered = helpfulness_by_family(model, tokenizer, tasks, JUDGE)
         helpfulness[name] = scores
         results["curves"][name] = _curves(variant.output_dir)
         results["val_loss"][name] = results["curves"][name]["val_loss"][-1]  # also right for a resumed, finished run

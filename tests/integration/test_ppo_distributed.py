@@ -9,7 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from local_processes import free_port, set_process_env, single_thread
 
-from llama_course.alignment.ppo_train import PPOConfig, load_ppo_models, ppo_prompts, train_ppo
+from llama_course.alignment.ppo_train import PPOConfig, load_ppo_models
+from llama_course.experiments.ppo import train_ppo
+from llama_course.experiments.toyworld_judges import ppo_prompts
 
 WORLD_SIZE = 2
 # 8 prompts per iteration, 4 per process; mini-batches of 4 (2 per process); chunks of 2 responses.

@@ -1,8 +1,18 @@
 """A short seeded PPO run from the shipped SFT model raises the reward model's score of held-out answers."""
 
-import pytest
+import copy
+import dataclasses
 
-from llama_course.alignment.ppo_train import PPOConfig, evaluate_policy, load_ppo_models, ppo_prompts, train_ppo
+import pytest
+import torch
+
+from llama_course.alignment import ppo_train
+from llama_course.alignment.ppo_rollout import ValueModel, sample_rollout
+from llama_course.alignment.ppo_train import PPOConfig, PPOModels, load_ppo_models
+from llama_course.alignment.reward import whiten
+from llama_course.experiments.ppo import evaluate_policy, train_ppo
+from llama_course.experiments.toyworld_judges import ppo_prompts
+from llama_course.pretrained import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,3 +55,34 @@ def test_the_command_writes_metrics_a_plot_and_a_policy_that_loads_back(tmp_path
     assert moved > 0, "the saved policy is the trained one, not the SFT model"
     with pytest.raises(SystemExit):
         parser.parse_args(["--reward", "length"])
+
+
+MADE_UP_PROMPTS = ["Tell me about the sea.", "Write a line about green trees.", "What do bees eat?",
+                   "Describe a red apple."]
+
+
+def test_ppo_runs_on_made_up_prompts_with_a_custom_judge_and_no_reward_models(tmp_path):
+    policy, tokenizer = load_pretrained("sft")
+    models = PPOModels(policy, copy.deepcopy(policy), ValueModel(copy.deepcopy(policy)))
+    judged = []
+
+    def letter_e_judge(prompts, responses):  # the reward: how many letters "e" the answer holds
+        judged.append(torch.tensor([float(response.count("e")) for response in responses]))
+        return judged[-1]
+
+    config = PPOConfig(iterations=2, batch_size=4, minibatch_size=2, max_new_tokens=12, reward="true", seed=0)
+    history = ppo_train.train_ppo(models, tokenizer, MADE_UP_PROMPTS, config, tmp_path, judge=letter_e_judge)
+    assert len(judged) == 2 and all(len(scores) == 4 for scores in judged)
+    assert [row["judge"] for row in history] == pytest.approx([float(scores.mean()) for scores in judged], abs=1e-12)
+    assert "rm_combined" not in history[0] and "true_combined" not in history[0]
+    # What PPO maximises is the judge's score whitened over the batch, less the penalty of a missing EOS.
+    rollout = sample_rollout(models.policy, tokenizer, MADE_UP_PROMPTS, temperature=1.0, max_new_tokens=12, seed=4)
+    scores = ppo_train.score_rollout(models, rollout, config, tokenizer, judge=letter_e_judge)
+    raw = judged[-1].double()
+    assert float(raw.std()) > 0, "the answers differ in their count of e"
+    torch.testing.assert_close(scores["score"], whiten(raw) - config.missing_eos_penalty * (~rollout.ended).double())
+    with pytest.raises(ValueError, match="pass one exactly when reward='true'"):
+        ppo_train.score_rollout(models, rollout, dataclasses.replace(config, reward="helpfulness"), tokenizer,
+                                judge=letter_e_judge)
+    with pytest.raises(ValueError, match="PPOModels lacks them"):
+        ppo_train.score_rollout(models, rollout, dataclasses.replace(config, reward="safety-first"), tokenizer)

@@ -19,12 +19,12 @@ from llama_course.alignment.rejection import (
     reward_model_scorer,
     sample_responses,
     select_best,
-    true_reward,
 )
 from llama_course.alignment.reward import RewardModel
 from llama_course.alignment.reward_data import encode_response
 from llama_course.alignment.reward_train import load_reward_model
 from llama_course.chat import encode_dialog
+from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.pretrained import load_pretrained
 from llama_course.toyworld import generate_tasks
 
@@ -131,7 +131,8 @@ def test_one_seeded_iteration_with_the_true_reward_raises_held_out_true_reward(s
     held_out = list(generate_tasks(64, seed=3000, families=["counting"])["prompt"])
     config = RejectionConfig(iterations=1, samples=4, temperature=0.7, steps=16, batch_size=8, block_size=128)
     before = [p.detach().clone() for p in model.parameters()]
-    _, history = rejection_sampling(model, true_reward, tokenizer, prompts, held_out, config, tmp_path)
+    _, history = rejection_sampling(model, true_reward, tokenizer, prompts, held_out, config, tmp_path,
+                                    truth=true_reward)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     start, after = history
     assert after["kept_rm"] > after["sampled_rm"]
@@ -171,3 +172,27 @@ def test_log_likelihood_scorer_sums_the_answer_tokens_log_probabilities_one_sequ
         assert float(score) == pytest.approx(float(expected), abs=1e-3)
     assert scores[3] == -math.inf  # an empty answer is never picked
     assert scores[0] > scores[1]  # the SFT model finds the right, unpadded sum far likelier
+
+
+MADE_UP_PROMPTS = ["Tell me about the sea.", "Write a line about green trees.", "What do bees eat?",
+                   "Describe a red apple."]
+
+
+def letter_e_judge(prompts, responses):
+    return torch.tensor([float(response.count("e")) for response in responses])
+
+
+def test_the_loop_runs_on_the_callers_prompts_and_keeps_the_argmax_of_its_judge(sft, tmp_path):
+    model, tokenizer = sft
+    config = RejectionConfig(iterations=1, samples=4, temperature=1.0, max_new_tokens=16, steps=1, batch_size=1,
+                             block_size=16, seed=3)
+    _, history = rejection_sampling(model, letter_e_judge, tokenizer, MADE_UP_PROMPTS, MADE_UP_PROMPTS[:2], config,
+                                    tmp_path)
+    # The loop's own draws (seed + 1000 per iteration), scored again by the judge: the kept answer is each prompt's
+    # argmax, so the kept mean is the mean of the per-prompt maxima of "e".
+    samples = sample_responses(model, tokenizer, MADE_UP_PROMPTS, 4, 1.0, max_new_tokens=16, seed=3 + 1000)
+    counts = torch.tensor([[float(s.count("e")) for s in row] for row in samples])
+    assert history[1]["kept_rm"] == pytest.approx(float(counts.max(dim=1).values.mean()), abs=1e-6)
+    assert history[1]["sampled_rm"] == pytest.approx(float(counts.mean()), abs=1e-6)
+    assert history[1]["kept_rm"] > history[1]["sampled_rm"], "the samples differ, so the argmax beats the mean"
+    assert "true" not in history[0], "no truth given: nothing measured but the judge"

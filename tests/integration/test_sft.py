@@ -18,10 +18,11 @@ from llama_course.alignment.sft import (
     run_sft,
 )
 from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft, sft_conversations
-from llama_course.alignment.sft_eval import held_out_tasks, helpfulness_by_family
+from llama_course.alignment.sft_eval import helpfulness_by_family
 from llama_course.commands.sft import add_arguments, config_from_args
 from llama_course.config import ModelConfig
-from llama_course.experiments.sft import training_prompts
+from llama_course.experiments.sft import JUDGE, training_prompts
+from llama_course.experiments.toyworld_judges import held_out_tasks
 from llama_course.model import IGNORE_INDEX, Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.toyworld import toy_tokenizer
@@ -169,9 +170,9 @@ def test_seeded_short_run_raises_held_out_helpfulness(tmp_path):
     config.trainer = dataclasses.replace(config.trainer, lr=3e-3, micro_batch_size=8, progress=False, eval_batches=1)
     tasks = held_out_tasks(60, seed=99, exclude=training_prompts(config), families=["kindness"])
     base_model, tokenizer = load_base_model(RANDOM_BASE)
-    before, _ = helpfulness_by_family(base_model, tokenizer, tasks, max_new_tokens=16)
+    before, _ = helpfulness_by_family(base_model, tokenizer, tasks, JUDGE, max_new_tokens=16)
     result, model, _ = run_sft(config)
-    after, answered = helpfulness_by_family(model, tokenizer, tasks, max_new_tokens=16)
+    after, answered = helpfulness_by_family(model, tokenizer, tasks, JUDGE, max_new_tokens=16)
     assert len(tasks) >= 25 and result.step == 12 and result.losses[-1] < result.losses[0] - 2.0
     assert after["kindness"] > before["kindness"] + 0.3, (before, after, answered[:3])
 
