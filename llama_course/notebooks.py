@@ -15,7 +15,7 @@ prints a path of this machine: the book would show the same on its page.
     llama-course sync-notebooks                          # every chapter
     llama-course sync-notebooks chapters/02_rmsnorm.md   # one chapter
 
-tests/test_notebook_pairs.py checks the result; benchmarks/notebooks.py times `execute_chapter`.
+tests/book/test_notebook_pairs.py checks the result; benchmarks/notebooks.py times `execute_chapter`.
 """
 
 import argparse
