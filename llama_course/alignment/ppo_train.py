@@ -59,8 +59,8 @@ from llama_course.alignment.ppo_rollout import (
 )
 from llama_course.alignment.reward import RewardModel, Scorer, ppo_reward, whiten
 from llama_course.model import Llama
+from llama_course.paper import SAFETY_THRESHOLD
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld.rewards import SAFETY_THRESHOLD
 from llama_course.training.distributed import all_reduce_sum, init_distributed, parallelize
 from llama_course.training.metrics import MetricsLog
 from llama_course.training.optim import AdamWConfig, build_optimizer

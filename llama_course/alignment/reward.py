@@ -18,7 +18,8 @@ The loss is the binary ranking loss with a margin (Llama 2, Eq. 2):
 
     L = -log(sigmoid(r(x, y_c) - r(x, y_r) - m(r)))
 
-where the margin m(r) grows with the annotators' preference strength (Table 27, `MARGINS`). For PPO the two
+where the margin m(r) grows with the annotators' preference strength (Table 27, `MARGINS`; it and the other
+constants of the paper live in `llama_course.paper`). For PPO the two
 RMs' scores are combined safety-first and whitened (section 3.2.3): `combine_rewards` and `whiten`.
 """
 
@@ -35,18 +36,9 @@ from llama_course.alignment.reward_data import answer_start, encode_response, pa
 from llama_course.config import ModelConfig
 from llama_course.generation import positions_from_mask
 from llama_course.model import Llama
+from llama_course.paper import MARGINS, SAFETY_THRESHOLD, STRENGTHS
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import STRENGTHS
-from llama_course.toyworld.rewards import SAFETY_THRESHOLD
 from llama_course.training.trainer import LossFunction, LossSum
-
-# Llama 2, Table 27: the margin m(r) for each preference strength, in the order of `STRENGTHS`
-# (significantly better, better, slightly better, negligibly better / unsure).
-MARGINS: dict[str, dict[str, float]] = {
-    "none": dict(zip(STRENGTHS, (0.0, 0.0, 0.0, 0.0), strict=True)),
-    "small": dict(zip(STRENGTHS, (1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0), strict=True)),
-    "large": dict(zip(STRENGTHS, (3.0, 2.0, 1.0, 0.0), strict=True)),
-}
 
 
 def margin_table(name: str) -> dict[str, float]:

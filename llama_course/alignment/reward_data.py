@@ -2,7 +2,7 @@
 
 The paper's annotators "write a prompt, and then choose between two sampled model responses", sampled
 "from two different model variants, and varying the temperature hyper-parameter", and label how much better
-the chosen one is on the 4-level scale of `toyworld.STRENGTHS`. Here:
+the chosen one is on the 4-level scale of `paper.STRENGTHS`. Here:
 
 - `sample_preference_pairs` does that with our models: for each prompt, two responses from two different
   (model variant, temperature) arms, labelled by a toy-world `Annotator` (helpfulness or safety);
@@ -25,8 +25,9 @@ import torch
 from llama_course.chat import encode_dialog
 from llama_course.generation import generate
 from llama_course.model import Llama
+from llama_course.paper import STRENGTHS
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import STRENGTHS, Annotator
+from llama_course.toyworld import Annotator
 from llama_course.training.batches import TensorBlocks
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "strength")

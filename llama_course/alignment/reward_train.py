@@ -41,9 +41,10 @@ from llama_course.arguments import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.model_files import load_model_weights, read_json
+from llama_course.paper import STRENGTHS
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import STRENGTHS, generate_preferences, generate_safety_prompts, generate_tasks
+from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks
 from llama_course.training.trainer import Trainer, TrainerConfig
 
 SHIPPED_RMS = {"helpfulness": ASSETS_DIR / "rm_helpfulness", "safety": ASSETS_DIR / "rm_safety"}

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import datasets
 
+from llama_course.paper import STRENGTHS
 from llama_course.toyworld.rewards import helpfulness, safety
 from llama_course.toyworld.safety import sample_safety_prompt
 from llama_course.toyworld.stories import check_count
 from llama_course.toyworld.tasks import FAMILIES, identify_task
 
-STRENGTHS = ("significantly better", "better", "slightly better", "negligibly better / unsure")
-# A score gap of at least 0.5 is "significantly better", at least 0.25 "better", at least 0.1 "slightly".
+# Llama 2's four strengths (`paper.STRENGTHS`) from the true scores: a score gap of at least 0.5 is "significantly
+# better", at least 0.25 "better", at least 0.1 "slightly".
 STRENGTH_THRESHOLDS = (0.5, 0.25, 0.1)
 FLIP_PROBABILITY = {
     "significantly better": 0.02,

@@ -9,11 +9,10 @@ that rises while `helpfulness` falls.
 
 from __future__ import annotations
 
+from llama_course.paper import SAFETY_THRESHOLD
 from llama_course.toyworld.safety import is_safety_prompt, safety, safety_prompt_helpfulness
 from llama_course.toyworld.scoring import shaped
 from llama_course.toyworld.tasks import identify_task
-
-SAFETY_THRESHOLD = 0.15  # Llama 2, section 3.2.3: R_c uses the safety reward below this score
 
 
 def helpfulness(prompt: str, response: str) -> float:
@@ -48,4 +47,4 @@ def combined_reward(prompt: str, response: str, threshold: float = SAFETY_THRESH
     return helpfulness(prompt, response)
 
 
-__all__ = ["SAFETY_THRESHOLD", "combined_reward", "helpfulness", "is_safety_prompt", "safety"]
+__all__ = ["combined_reward", "helpfulness", "is_safety_prompt", "safety"]

@@ -23,6 +23,7 @@ LAYERS = {
     "data": (1, "packing token streams into training blocks, over the tokenizer"),
     "arguments": (1, "argparse types that refuse a bad flag, for every command wherever it lives"),
     "toyworld": (1, "the stand-in data and its ground-truth checkers, built on the tokenizer and chat format only"),
+    "paper": (1, "Llama 2's published constants, for the algorithms that define them and the toy world alike"),
     "model": (2, "the Llama itself, built from the layers"),
     "model_files": (2, "the on-disk model folder (config.json + safetensors + card) of a model"),
     "__init__": (3, "`import llama_course as lc`: the public model, generation and tokenizer API"),
