@@ -29,7 +29,7 @@ from llama_course.layers.rmsnorm import make_norm
 from llama_course.layers.rope import rope_angles
 from llama_course.layers.swiglu import make_feed_forward
 
-__all__ = ["IGNORE_INDEX", "CausalLMOutput", "Llama", "TransformerBlock"]
+__all__ = ["IGNORE_INDEX", "CausalLMOutput", "Llama", "ScalarHead", "TransformerBlock"]
 
 
 class CausalLMOutput(NamedTuple):
@@ -221,3 +221,23 @@ class Llama(nn.Module):
         if document_ids is not None:
             mask = mask & (document_ids[:, :, None] == document_ids[:, None, :])
         return mask[:, None]  # (B or 1, 1, T, Tk)
+
+
+class ScalarHead(nn.Linear):
+    """The regression head that replaces a Llama's output projection in a reward or value model: (dim -> 1).
+
+    Llama 2 (section 3.2.2): "the classification head for next-token prediction is replaced with a regression
+    head for outputting a scalar reward". No bias (it would cancel in every difference of two rewards) and zero
+    weights, so an untrained head scores every sequence 0. `attach` puts one on a Llama in place.
+    """
+
+    def __init__(self, dim: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
+        super().__init__(dim, 1, bias=False, dtype=dtype, device=device)
+        nn.init.zeros_(self.weight)
+
+    @classmethod
+    def attach(cls, backbone: Llama) -> Llama:
+        """`backbone` with a new zero head as its `output` (same dtype and device as its weights); returned."""
+        weight = backbone.tok_embeddings.weight
+        backbone.output = cls(backbone.config.dim, dtype=weight.dtype, device=weight.device)
+        return backbone

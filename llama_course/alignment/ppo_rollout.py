@@ -29,7 +29,7 @@ from llama_course.alignment.ppo import entropy, token_logprobs
 from llama_course.alignment.reward import RewardModel
 from llama_course.chat import encode_dialog
 from llama_course.generation import decode, left_pad, positions_from_mask, sample_next_token
-from llama_course.model import Llama
+from llama_course.model import Llama, ScalarHead
 from llama_course.tokenizer import Tokenizer
 
 
@@ -183,18 +183,16 @@ def response_logprobs(model: nn.Module, rollout: Rollout, temperature: float) ->
 
 
 class ValueModel(nn.Module):
-    """The critic: a Llama whose output projection is a (dim -> 1) head read at EVERY position, V(s_t).
+    """The critic: a Llama whose output projection is a scalar head (`model.ScalarHead`, as a reward model's)
+    read at EVERY position, V(s_t).
 
     Llama 2 does not say how its critic starts. Ours starts from a reward model's backbone (it already
-    reads responses) with the head set to zero, so every initial value is 0, the mean of the whitened score.
+    reads responses) with a new zero head, so every initial value is 0, the mean of the whitened score.
     """
 
     def __init__(self, backbone: Llama) -> None:
         super().__init__()
-        weight = backbone.tok_embeddings.weight
-        backbone.output = nn.Linear(backbone.config.dim, 1, bias=False, dtype=weight.dtype, device=weight.device)
-        nn.init.zeros_(backbone.output.weight)
-        self.backbone = backbone
+        self.backbone = ScalarHead.attach(backbone)
 
     @classmethod
     def from_reward_model(cls, reward_model: RewardModel) -> ValueModel:

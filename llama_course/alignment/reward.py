@@ -35,7 +35,7 @@ from llama_course.alignment.ppo import token_logprobs
 from llama_course.alignment.reward_data import answer_start, encode_response, pad_right
 from llama_course.config import ModelConfig
 from llama_course.generation import positions_from_mask
-from llama_course.model import Llama
+from llama_course.model import Llama, ScalarHead
 from llama_course.paper import MARGINS, SAFETY_THRESHOLD, STRENGTHS
 from llama_course.tokenizer import Tokenizer
 from llama_course.training.trainer import LossFunction, LossSum
@@ -84,9 +84,8 @@ class RewardModel(nn.Module):
     """A Llama that scores one sequence each: the paper's scalar regression head, or the answer's likelihood.
 
     `backbone` is a `Llama` whose weights initialise the RM (the SFT or base model). With `head="scalar"` its
-    `output` projection is replaced, in place, by `nn.Linear(dim, 1, bias=False)` initialised to zero, so an
-    untrained RM scores every response 0 (0.5 after the sigmoid). A bias would cancel in every difference
-    r_c - r_r, so it could not be learned from pairs. `eos_id` is the token the score is read at. With
+    `output` projection is replaced, in place, by a `model.ScalarHead` (dim -> 1, no bias, zero), so an
+    untrained RM scores every response 0 (0.5 after the sigmoid). `eos_id` is the token the score is read at. With
     `head="likelihood"` the backbone stays whole and the score is the summed log-probability of the answer's
     tokens, standardised by `offset` and `scale` (0 and 1 until `calibrate`), which needs each row's `answer_start`.
     """
@@ -96,10 +95,7 @@ class RewardModel(nn.Module):
         if head not in HEADS:
             raise ValueError(f"head={head!r} is unknown; choose one of {HEADS}")
         if head == "scalar":
-            backbone.output = nn.Linear(backbone.config.dim, 1, bias=False,
-                                        dtype=backbone.tok_embeddings.weight.dtype,
-                                        device=backbone.tok_embeddings.weight.device)
-            nn.init.zeros_(backbone.output.weight)
+            ScalarHead.attach(backbone)
         self.backbone, self.eos_id, self.head = backbone, eos_id, head
         self.offset, self.scale = 0.0, 1.0  # a likelihood head's standardisation (`calibrate`)
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from llama_course.config import ModelConfig
-from llama_course.model import IGNORE_INDEX, Llama
+from llama_course.model import IGNORE_INDEX, Llama, ScalarHead
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16, max_seq_len=64)
 
@@ -134,3 +134,17 @@ def test_bfloat16_model_gives_float32_logits_and_loss():
     loss = model(tokens_like(1, 4), targets=tokens_like(1, 4, seed=9)).loss
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, F.cross_entropy(logits[0], tokens_like(1, 4, seed=9)[0]), rtol=0.02, atol=0.02)
+
+
+def test_scalar_head_replaces_the_output_with_one_zero_weight_row_for_reward_and_value_models():
+    from llama_course.alignment.ppo_rollout import ValueModel
+    from llama_course.alignment.reward import RewardModel
+
+    config = ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=97, max_seq_len=16)
+    backbone = ScalarHead.attach(Llama(config).double())
+    assert isinstance(backbone.output, ScalarHead) and backbone.output.bias is None
+    assert backbone.output.weight.shape == (1, 32) and backbone.output.weight.dtype == torch.float64
+    assert sorted(backbone.state_dict()) == sorted(Llama(config).state_dict()), "the same parameter names"
+    assert torch.equal(backbone(tokens_like(2, 5)).logits, torch.zeros(2, 5, 1, dtype=torch.float64))
+    assert isinstance(RewardModel(Llama(config), eos_id=2).backbone.output, ScalarHead)
+    assert isinstance(ValueModel(Llama(config)).backbone.output, ScalarHead)
