@@ -1,15 +1,16 @@
 """`llama-course rlhf`: iterative RLHF with on-policy preference rounds (Llama 2, sections 3.2.1 to 3.2.3).
 
-    llama-course rlhf --config llama_course/assets/configs/rlhf.toml --seeds 0 1 2 \\
+    llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2 \\
         --results llama_course/assets/rlhf_results.json
 
 runs (or resumes) versions V1..Vk for each seed under `output_dir/seed-S/`, prints each round's measurements,
 and writes the summary over seeds with 95% intervals (and every per-prompt value) to the results file. Then
 
-    llama-course rlhf --config llama_course/assets/configs/rlhf.toml \
-        --overoptimisation llama_course/assets/overoptimisation.json
+    llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --set ppo.iterations=120 \
+        --set ppo.lr=1e-4 --overoptimisation llama_course/assets/overoptimisation.json
 
-draws the over-optimisation curves (Gao et al., 2022) from V0 against the final RMs of the first seed.
+draws the over-optimisation curves (Gao et al., 2022) from V0 against the first seed's round-1 RMs (trained on
+V0's own answers).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the runs, write the summary over every finished seed to FILE")
     parser.add_argument("--overoptimisation", type=Path, metavar="FILE",
                         help="instead of rounds: best-of-N, and PPO with the rounds' settings at beta 0.2 and 0, "
-                             "from V0 against the first seed's final RMs; true and RM reward against KL, to FILE")
+                             "from V0 against the first seed's round-1 RMs; true and RM reward against KL, to FILE")
 
 
 def config_from_args(args: argparse.Namespace, seed: int) -> RLHFConfig:
@@ -88,12 +89,12 @@ def _overoptimisation(config: RLHFConfig, destination: Path) -> None:
     from llama_course.alignment.sft import load_base_model
     from llama_course.experiments.overoptimisation import overoptimisation
 
-    last = config.seed_dir() / f"round-{config.rounds}"
-    if not (last / "round.json").is_file():
-        raise FileNotFoundError(f"seed {config.seed} has not finished its {config.rounds} rounds under "
-                                f"{str(config.seed_dir())!r}: run `llama-course rlhf` with the same config first")
+    first = config.seed_dir() / "round-1"  # its RMs judged V0's own answers: the proxy matches the start
+    if not (first / "round.json").is_file():
+        raise FileNotFoundError(f"seed {config.seed} has not finished round 1 under {str(config.seed_dir())!r}: "
+                                "run `llama-course rlhf` with the same config first")
     policy, tokenizer = load_base_model(str(config.seed_dir() / "round-0" / "policy"))
-    rms = [load_reward_model(last / f"rm_{criterion}")[0] for criterion in ("helpfulness", "safety")]
+    rms = [load_reward_model(first / f"rm_{criterion}")[0] for criterion in ("helpfulness", "safety")]
     result = overoptimisation(policy, *rms, tokenizer, config.seed_dir() / "overoptimisation",
                               ppo=config.ppo | {"max_new_tokens": config.max_new_tokens}, seed=config.seed)
     destination.write_text(json.dumps(result) + "\n")

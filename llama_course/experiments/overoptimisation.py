@@ -9,7 +9,10 @@ Both methods optimise the helpfulness RM on task prompts, so the picture is the 
 - PPO: per iteration, the RM score, the true helpfulness and the KL of the sampled responses (k3 estimator,
   nats per response: the same unit as best-of-N's) for each KL coefficient.
 
-    llama-course rlhf --overoptimisation runs/rlhf/seed-0 --results llama_course/assets/overoptimisation.json
+    llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --set ppo.iterations=120 \
+        --set ppo.lr=1e-4 --overoptimisation llama_course/assets/overoptimisation.json
+
+(after that config's rounds: the proxy is seed 0's round-1 helpfulness RM, trained on the SFT model's own answers).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_tasks, helpfulness
 
 SHIPPED_RESULTS = ASSETS_DIR / "overoptimisation.json"
+REGENERATE = ("llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --set ppo.iterations=120 "
+              "--set ppo.lr=1e-4 --overoptimisation")
 
 
 def best_of_n_curve(policy: Llama, rm: RewardModel, tokenizer: Tokenizer, prompts: Sequence[str],
@@ -86,8 +91,7 @@ def overoptimisation(policy: Llama, rm: RewardModel, safety_rm: RewardModel, tok
 
 def load_overoptimisation(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The curves written by `llama-course rlhf --overoptimisation FILE` (chapter 13 plots them)."""
-    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf.toml "
-                                   f"--overoptimisation {path}")
+    return load_results_file(path, f"{REGENERATE} {path}")
 
 
 def plot_overoptimisation(result: dict[str, Any], axes=None):

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from llama_course.alignment.reward import RewardModel
+from llama_course.alignment.reward_train import load_reward_model
 from llama_course.evaluation import bootstrap_mean
+from llama_course.experiments.overoptimisation import overoptimisation
 from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
 from llama_course.experiments.rlhf_results import judges_table, load_rlhf_results, versions_table, write_results
 from llama_course.pretrained import load_pretrained
@@ -108,3 +110,20 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
 def test_missing_results_name_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="llama-course rlhf"):
         load_rlhf_results(tmp_path / "none.json")
+
+
+def test_overoptimisation_curves_at_their_smallest(tmp_path, one_thread):
+    policy, tokenizer = load_pretrained("sft")
+    helpfulness_rm, _ = load_reward_model("helpfulness")
+    safety_rm, _ = load_reward_model("safety")
+    ppo = {"iterations": 2, "batch_size": 8, "minibatch_size": 4, "chunk_size": 8, "max_new_tokens": 12}
+    result = overoptimisation(policy, helpfulness_rm, safety_rm, tokenizer, tmp_path, prompts=4, ns=(1, 2, 4),
+                              ppo=ppo)
+    best = result["best_of_n"]
+    assert best["kl"] == pytest.approx([0.0, np.log(2) - 0.5, np.log(4) - 0.75])
+    # the RM's expected best of N can only grow with N; the truth of its pick need not
+    assert best["rm"][0] <= best["rm"][1] + 1e-12 <= best["rm"][2] + 2e-12
+    assert all(0.0 <= v <= 1.0 for v in best["true"])
+    assert sorted(result["ppo"]) == ["0.0", "0.2"]
+    for curve in result["ppo"].values():
+        assert curve["iteration"] == [1, 2] and all(np.isfinite(curve["kl"]))
