@@ -5,6 +5,11 @@
   allocating gigabytes, and a truncated or garbage file is a clear error;
 - `.pt` / `.pth` / `.bin` files are pickles, which can run any code when loaded: they are read with
   `torch.load(weights_only=True)` only, which accepts tensors and plain containers and refuses anything else.
+
+It also owns the model folder, the one on-disk format of every model the course ships or exports (base, SFT,
+reward, policies): `model.safetensors` (float32) and `config.json` = {"model_config", "tokenizer", the model's own
+fields (a reward model's head, EOS id, standardisation), "card"}. `write_model_folder` / `write_model_config`
+write it and `read_model_folder` reads it.
 """
 
 from __future__ import annotations
@@ -12,19 +17,21 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 
 StateDict = dict[str, torch.Tensor]
 Shapes = Mapping[str, tuple[int, ...]]
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -151,3 +158,40 @@ def load_tensor_file(path: str | Path, *, mmap: bool = False) -> Any:
         raise ValueError(f"{str(path)!r} is not a readable torch file ({error}): it is truncated or corrupt"
                          ) from None
 
+
+def write_model_config(folder: str | Path, model_config: dict[str, Any], card: dict[str, Any], *,
+                       tokenizer: str = "toy", **fields: Any) -> None:
+    """A model folder's `config.json`: the model config, the tokenizer ("toy" or a file in the folder), the
+    model's own `fields`, and the `card` (how it was made, what it measured)."""
+    values = {"model_config": model_config, "tokenizer": tokenizer, **fields, "card": card}
+    (Path(folder) / CONFIG_FILE).write_text(json.dumps(values, indent=1) + "\n")
+
+
+def write_model_folder(model: Llama, folder: str | Path, card: dict[str, Any], *, tokenizer: str = "toy",
+                       **fields: Any) -> None:
+    """Write `model` (float32) and its `config.json` (`write_model_config`) into `folder`, created if needed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, folder / WEIGHTS_FILE)
+    write_model_config(folder, model.config.to_dict(), card, tokenizer=tokenizer, **fields)
+
+
+def read_model_folder(folder: str | Path, *, missing: str,
+                      output_rows: Callable[[dict[str, Any], ModelConfig], int | None] = lambda values, config: None,
+                      ) -> tuple[dict[str, Any], ModelConfig, StateDict]:
+    """A model folder's `config.json` values, its `ModelConfig` and its weights, checked against the config before
+    they are read (`load_model_weights`; `output_rows(values, config)` checks the model's own fields and gives the
+    head's rows when it is not the vocabulary).
+
+    `missing` is the error when the folder lacks a file: it says where such a folder comes from.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(missing)
+    values = read_json(folder / CONFIG_FILE)
+    for key in ("model_config", "tokenizer"):
+        if key not in values:
+            raise ValueError(f"{folder / CONFIG_FILE} lacks {key!r}: write the folder with an export command")
+    config = ModelConfig.from_dict(values["model_config"])
+    return values, config, load_model_weights(folder / WEIGHTS_FILE, config, output_rows=output_rows(values, config))

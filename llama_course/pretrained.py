@@ -31,12 +31,10 @@ import torch
 
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
-from llama_course.model_files import load_model_weights, read_json
+from llama_course.model_files import CONFIG_FILE, WEIGHTS_FILE, read_model_folder, write_model_config
 from llama_course.tokenizer import Tokenizer
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 REWARD_MODEL_PREFIX = "rm_"  # assets/rm_* hold reward models: `alignment.reward_train.load_reward_model` loads them
@@ -75,18 +73,11 @@ def load_pretrained_folder(
     folder: str | Path, *, device: str | torch.device = "cpu", attention_backend: str | None = None
 ) -> tuple[Llama, Tokenizer]:
     """The model of an exported folder (`model.safetensors` + `config.json`) in eval mode, and its tokenizer."""
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{str(folder)!r} needs {CONFIG_FILE} and {WEIGHTS_FILE}: export a run into it with "
-                                "`python -m llama_course.pretrained export RUN_DIR FOLDER`")
-    card = read_json(folder / CONFIG_FILE)
-    for key in ("model_config", "tokenizer"):
-        if key not in card:
-            raise ValueError(f"{folder / CONFIG_FILE} lacks {key!r}: write the folder with an export command")
-    config = ModelConfig.from_dict(card["model_config"])
+    card, config, weights = read_model_folder(
+        folder, missing=f"{str(folder)!r} needs {CONFIG_FILE} and {WEIGHTS_FILE}: export a run into it with "
+        "`python -m llama_course.pretrained export RUN_DIR FOLDER`")
     if attention_backend is not None:
         config = dataclasses.replace(config, attention_backend=attention_backend)
-    weights = load_model_weights(folder / WEIGHTS_FILE, config)  # checked against the config first
     model = Llama(config)
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), _tokenizer(card["tokenizer"], folder)
@@ -136,14 +127,14 @@ def export_pretrained(
             "pretrain_config": metadata["pretrain_config"],
         },
     }
-    (destination / CONFIG_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_model_config(destination, **card)
     model, tokenizer = load_pretrained_folder(destination)
     score = sampled_grammar_score(model, tokenizer, samples, temperature=1.0, seed=seed)
     card["card"]["parameters"] = sum(p.numel() for p in model.parameters())
     card["card"]["grammar_score"] = {"valid_sentences": score.valid_sentences, "sentences": score.sentences,
                                      "stories": score.stories, "fraction": score.fraction,
                                      "sampling": {"temperature": 1.0, "max_new_tokens": 160, "seed": seed}}
-    (destination / CONFIG_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_model_config(destination, **card)
     return card
 
 
@@ -162,7 +153,7 @@ def rescore_pretrained(
     }
     card = json.loads((folder / CONFIG_FILE).read_text())
     card["card"]["grammar_by_temperature"] = scores
-    (folder / CONFIG_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_model_config(folder, **card)
     return scores
 
 

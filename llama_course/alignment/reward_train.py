@@ -25,7 +25,6 @@ from typing import Any
 
 import datasets
 import torch
-from safetensors.torch import save_file
 
 from llama_course.alignment.reward import (
     HEADS,
@@ -40,7 +39,7 @@ from llama_course.alignment.reward_data import encode_preferences, sample_prefer
 from llama_course.arguments import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
-from llama_course.model_files import load_model_weights, read_json
+from llama_course.model_files import CONFIG_FILE, read_model_folder, write_model_folder
 from llama_course.paper import STRENGTHS
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
@@ -190,13 +189,8 @@ def evaluate_preferences(model: RewardModel, tokenizer: Tokenizer, rows: dataset
 
 def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, Any]) -> None:
     """Write `model.safetensors` (the backbone with its (1, dim) head) and `config.json` into `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().float().contiguous() for name, tensor in model.backbone.state_dict().items()}
-    save_file(state, folder / "model.safetensors")
-    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "eos_id": model.eos_id, "head": model.head,
-              "offset": model.offset, "scale": model.scale, "card": card}
-    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_model_folder(model.backbone, folder, card, eos_id=model.eos_id, head=model.head, offset=model.offset,
+                       scale=model.scale)
 
 
 def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, Tokenizer]:
@@ -204,25 +198,24 @@ def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, To
     from llama_course.toyworld import toy_tokenizer
 
     folder = SHIPPED_RMS.get(str(name), Path(name))
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no reward model at {str(folder)!r}; the shipped ones are {list(SHIPPED_RMS)}, "
-                                "trained by `llama-course train-rm --criterion C --export FOLDER`")
-    config = read_json(folder / "config.json")
-    model_config = ModelConfig.from_dict(config.get("model_config"))
-    eos_id = config.get("eos_id")
-    if not isinstance(eos_id, int) or not 0 <= eos_id < model_config.vocab_size:
-        raise ValueError(f"{folder / 'config.json'} has eos_id={eos_id!r}: it must be a token id below "
-                         f"vocab_size={model_config.vocab_size}")
-    head = config.get("head", "scalar")  # folders written before the likelihood head have a scalar one
-    if head not in HEADS:
-        raise ValueError(f"{folder / 'config.json'} has head={head!r}: it must be one of {HEADS}")
-    output_rows = 1 if head == "scalar" else model_config.vocab_size
-    weights = load_model_weights(folder / "model.safetensors", model_config, output_rows=output_rows)  # checked first
-    model = RewardModel(Llama(model_config), eos_id, head)
+
+    def head_rows(config: dict[str, Any], model_config: ModelConfig) -> int:
+        eos_id, head = config.get("eos_id"), config.get("head", "scalar")  # older folders: a scalar head
+        if not isinstance(eos_id, int) or not 0 <= eos_id < model_config.vocab_size:
+            raise ValueError(f"{folder / CONFIG_FILE} has eos_id={eos_id!r}: it must be a token id below "
+                             f"vocab_size={model_config.vocab_size}")
+        if head not in HEADS:
+            raise ValueError(f"{folder / CONFIG_FILE} has head={head!r}: it must be one of {HEADS}")
+        return 1 if head == "scalar" else model_config.vocab_size
+
+    config, model_config, weights = read_model_folder(
+        folder, output_rows=head_rows, missing=f"no reward model at {str(folder)!r}; the shipped ones are "
+        f"{list(SHIPPED_RMS)}, trained by `llama-course train-rm --criterion C --export FOLDER`")
+    model = RewardModel(Llama(model_config), config["eos_id"], config.get("head", "scalar"))
     model.offset, model.scale = config.get("offset", 0.0), config.get("scale", 1.0)
     if not (isinstance(model.offset, float | int) and isinstance(model.scale, float | int) and model.scale > 0
             and math.isfinite(model.offset) and math.isfinite(model.scale)):
-        raise ValueError(f"{folder / 'config.json'} has offset={model.offset!r}, scale={model.scale!r}: they must be "
+        raise ValueError(f"{folder / CONFIG_FILE} has offset={model.offset!r}, scale={model.scale!r}: they must be "
                          "finite numbers and the scale positive")
     model.backbone.load_state_dict(weights, strict=True)
     return model.eval(), toy_tokenizer()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from llama_course.alignment.sft_data import (
     OVERLONG_POLICIES,
@@ -39,6 +38,7 @@ from llama_course.alignment.sft_data import (
 )
 from llama_course.config import PRESETS
 from llama_course.model import Llama
+from llama_course.model_files import write_model_folder
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
 from llama_course.training.pretrain import build_section
@@ -206,13 +206,8 @@ def run_sft(config: SFTConfig) -> tuple[TrainingResult, Llama, Tokenizer]:
 
 
 def export_model(model: Llama, destination: str | Path, card: dict[str, Any]) -> None:
-    """Write `model.safetensors` and `config.json` in the layout of `llama_course.pretrained` (toy tokenizer)."""
-    destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, destination / "model.safetensors")
-    config = {"model_config": model.config.to_dict(), "tokenizer": "toy", "card": card}
-    (destination / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    """Write `model` as a model folder with the toy tokenizer (`model_files.write_model_folder`)."""
+    write_model_folder(model, destination, card)
 
 
 def load_sft_results(folder: str | Path = SHIPPED_SFT_DIR) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from llama_course.alignment.sft import export_model
 from llama_course.config import ModelConfig
 from llama_course.interop import load_hf_checkpoint, save_hf_checkpoint
 from llama_course.model import Llama
-from llama_course.model_files import load_model_weights
+from llama_course.model_files import CONFIG_FILE, load_model_weights, read_model_folder, write_model_folder
 from llama_course.pretrained import load_pretrained_folder
 
 CONFIG = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=1024, multiple_of=16, max_seq_len=64)
@@ -116,3 +116,19 @@ def test_load_model_weights_returns_the_stored_tensors(folder):
     weights = load_model_weights(folder / "model.safetensors", CONFIG)
     assert weights.keys() == Llama(CONFIG).state_dict().keys()
     assert all(torch.equal(weights[name], tensor) for name, tensor in load_file(folder / "model.safetensors").items())
+
+
+def test_a_model_folder_round_trips_with_its_own_fields_in_order(tmp_path):
+    config = ModelConfig(dim=32, n_layers=1, n_heads=4, vocab_size=97, max_seq_len=16)
+    model = Llama(config).double()
+    write_model_folder(model, tmp_path / "m", {"note": "test"}, eos_id=2, head="scalar")
+    text = (tmp_path / "m" / CONFIG_FILE).read_text()
+    assert list(json.loads(text)) == ["model_config", "tokenizer", "eos_id", "head", "card"]
+    assert text == json.dumps({"model_config": config.to_dict(), "tokenizer": "toy", "eos_id": 2, "head": "scalar",
+                               "card": {"note": "test"}}, indent=1) + "\n"
+    values, read_config, weights = read_model_folder(tmp_path / "m", missing="unused")
+    assert values["eos_id"] == 2 and read_config == config
+    assert all(weights[name].dtype == torch.float32 and torch.equal(weights[name], tensor.float())
+               for name, tensor in model.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="^no folder here$"):
+        read_model_folder(tmp_path / "nothing", missing="no folder here")
