@@ -178,7 +178,7 @@ def rejection_recipe() -> dict[str, Any]:
 
 
 def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.experiments import rejection_sampling as rejection_report
+    from llama_course.commands import rejection_sample as rejection_report
 
     loop = rejection_recipe() | pipeline.sizes["rejection"]
     folder = pipeline.partial("rejection")
@@ -198,7 +198,7 @@ def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
     """PPO from this run's SFT model, rewarded by this run's two reward models (chapter 13's command defaults)."""
-    from llama_course.experiments import ppo as ppo_report
+    from llama_course.commands import ppo as ppo_report
     from llama_course.training.metrics import read_metrics
 
     folder, run_dir = pipeline.partial("ppo"), pipeline.path("runs", "ppo")

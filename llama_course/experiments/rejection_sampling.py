@@ -1,18 +1,14 @@
-"""`llama-course rejection-sample`: run rejection sampling fine-tuning and measure what chapter 12 plots.
+"""Chapter 12's rejection sampling runs (Llama 2, section 3.2.3): what `llama-course rejection-sample --figures
+FILE` measures.
 
-    llama-course rejection-sample --iterations 2 --prompts 128 --samples 8
-    llama-course rejection-sample --figures llama_course/assets/rejection_results.json
-
-The first runs the loop of `alignment.rejection.rejection_sampling` from the shipped SFT model with the shipped
-helpfulness RM and prints held-out RM and true reward per iteration. The second also measures, for the
-chapter, Figure 7 (max and median among N of K sampled answers), Figure 8 (max reward against N for several
-temperatures, before and after one round), the best-of-N KL beside its bound, and the distillation variant,
-and writes them all to one JSON file (results only: no checkpoint is written into the package).
+`measure_figures` measures Figure 7 (max and median among N of K sampled answers), Figure 8 (max reward against
+N for several temperatures, before and after one round), the best-of-N KL beside its bound, and the
+distillation variant; `load_rejection_results` reads the shipped JSON back. `rejection_sampling` is the
+algorithm's loop measured by the toy world's true reward as well.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -32,10 +28,8 @@ from llama_course.alignment.rejection import (
     best_of_n_kl_bound,
     expected_order_statistic,
     max_and_median_curves,
-    reward_model_scorer,
 )
 from llama_course.alignment.reward import RewardModel
-from llama_course.arguments import add_config_flags
 from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
@@ -112,67 +106,3 @@ def measure_figures(policy: Llama, scorer: Scorer, tokenizer: Tokenizer, prompts
                                "student_own_round": results["iterations"][1]}
     results["seconds"] = round(time.time() - started, 1)
     return results
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course rejection-sample` flags (defaults: `RejectionConfig`)."""
-    defaults = RejectionConfig()
-    parser.add_argument("--policy", default="sft", help="shipped model name or exported folder that samples")
-    parser.add_argument("--reward", default="helpfulness",
-                        help="shipped RM (helpfulness, safety), an RM folder, or 'true' for the toy world's oracle")
-    parser.add_argument("--student", help="distillation: a model fine-tuned on the policy's best answers instead")
-    parser.add_argument("--prompts", type=int, default=128, help="training prompts (toy-world tasks)")
-    parser.add_argument("--held-out", type=int, default=32, help="held-out prompts for greedy evaluation")
-    add_config_flags(parser, defaults, int,
-                     ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"))
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--no-pool", action="store_true", help="train each iteration on its own best answers only")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
-    parser.add_argument("--output-dir", default="runs/rejection", help="fine-tuning runs (checkpoints, metrics)")
-    parser.add_argument("--figure-prompts", type=int, default=16, help="held-out prompts behind Figures 7 and 8")
-    parser.add_argument("--figures", type=Path, metavar="FILE", help="also measure chapter 12's figures into FILE")
-    parser.add_argument("--export", type=Path, metavar="FOLDER",
-                        help="write the tuned model into FOLDER (weights; config.json whose card holds the history)")
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run `llama-course rejection-sample`."""
-    from llama_course.alignment.reward_train import load_reward_model
-    from llama_course.alignment.sft import export_model, load_base_model
-    from llama_course.toyworld import generate_tasks
-
-    if args.figures is not None and args.export is not None:
-        raise ValueError("--figures writes results only; run --export FOLDER without --figures to keep the model")
-    config = RejectionConfig(iterations=args.iterations, samples=args.samples, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
-                             block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
-                             pool=not args.no_pool)
-    policy, tokenizer = load_base_model(args.policy)
-    scorer = true_reward if args.reward == "true" else reward_model_scorer(load_reward_model(args.reward)[0], tokenizer)
-    prompts = list(generate_tasks(args.prompts, seed=args.seed + 2000)["prompt"])
-    training = set(prompts)
-    held_out = [p for p in generate_tasks(args.held_out, seed=args.seed + 3000)["prompt"] if p not in training]
-    if args.figures is not None:
-        results = measure_figures(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
-                                  figure_prompts=args.figure_prompts)
-        args.figures.parent.mkdir(parents=True, exist_ok=True)
-        args.figures.write_text(json.dumps(results) + "\n")
-        print(json.dumps({"iterations": results["iterations"], "distillation": results["distillation"],
-                          "seconds": results["seconds"]}, indent=1))
-        return
-    student = load_base_model(args.student)[0] if args.student else None
-    tuned, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
-                                        student=student)
-    if args.export is not None:
-        export_model(tuned, args.export, {"policy": args.policy, "reward": args.reward, "student": args.student,
-                                          "prompts": len(prompts), "held_out": len(held_out),
-                                          "rejection_config": dataclasses.asdict(config), "history": history})
-    print(json.dumps(history, indent=1))
-
-
-if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="python -m llama_course.experiments.rejection_sampling",
-                                          description=__doc__.split("\n")[0])
-    add_arguments(main_parser)
-    run(main_parser.parse_args())

@@ -37,7 +37,7 @@ def test_the_command_writes_metrics_a_plot_and_a_policy_that_loads_back(tmp_path
     import argparse
 
     from llama_course.alignment.sft import load_base_model
-    from llama_course.experiments.ppo import add_arguments, run
+    from llama_course.commands.ppo import add_arguments, run
     from llama_course.training.metrics import read_metrics
 
     parser = argparse.ArgumentParser()
