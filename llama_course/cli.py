@@ -35,7 +35,7 @@ SUBCOMMAND_MODULES = [
     ("scaling", "llama_course.experiments.scaling",
      "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
     ("sft", "llama_course.commands.sft", "supervised fine-tuning of the base model on toy-world conversations"),
-    ("train-rm", "llama_course.alignment.reward_train",
+    ("train-rm", "llama_course.commands.train_rm",
      "train a helpfulness or safety reward model with the margin ranking loss (--margin-study: no/small/large)"),
     ("rejection-sample", "llama_course.commands.rejection_sample",
      "rejection sampling fine-tuning: best-of-K by the RM, SFT on the winners"),

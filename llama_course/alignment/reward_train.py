@@ -6,16 +6,11 @@ peak, warm-up over 3% of the steps with at least 5, and 512 pairs per batch. Sca
 model on a laptop (our choices): 16 pairs per step and a peak learning rate of 5e-4 (the paper's 1e-5 is
 1/30 of its pretraining peak; with one epoch of about a hundred steps our model would barely move).
 
-    llama-course train-rm --criterion helpfulness --margin-study --export llama_course/assets/rm_helpfulness
-    llama-course train-rm --criterion safety --export llama_course/assets/rm_safety
-
-train the two shipped RMs from the SFT model (the base model while no SFT model is shipped); the first also
-trains with no / small / large margin on the same data and writes `margins.json` for chapter 11.
+`llama-course train-rm` (`commands.train_rm`) trains the two shipped RMs with these functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -36,7 +31,6 @@ from llama_course.alignment.reward import (
     score_responses,
 )
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
-from llama_course.arguments import add_config_flags
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.model_files import CONFIG_FILE, read_model_folder, write_model_folder
@@ -261,56 +255,3 @@ def load_margin_study(folder: str | Path = SHIPPED_RMS["helpfulness"]) -> dict[s
         raise FileNotFoundError(f"no {MARGIN_STUDY_FILE} in {str(folder)!r}: run `llama-course train-rm "
                                 f"--criterion helpfulness --margin-study --export {folder}`")
     return json.loads(path.read_text())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course train-rm` flags (defaults: `RewardConfig`)."""
-    defaults = RewardConfig()
-    parser.add_argument("--criterion", choices=["helpfulness", "safety"], default=defaults.criterion)
-    parser.add_argument("--margin", choices=list(MARGINS), default=defaults.margin, help="Table 27 margin")
-    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="scalar (the paper's regression "
-                        "head) or likelihood (scores the answer's log-probability under the backbone)")
-    parser.add_argument("--base", default=defaults.base, help="auto (sft if shipped, else base), a shipped model "
-                        "name, an exported folder, a training run, or random-tiny")
-    add_config_flags(parser, defaults, int, ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"))
-    parser.add_argument("--helpfulness-mix", type=float, default=defaults.helpfulness_mix,
-                        help="safety RM: share of helpfulness pairs in its data (paper: 0.1)")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the pairs (paper: 1)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
-    parser.add_argument("--output-dir", help="run directory (default runs/rm-CRITERION)")
-    parser.add_argument("--export", type=Path, metavar="FOLDER", help="write the trained RM into FOLDER")
-    parser.add_argument("--margin-study", action="store_true",
-                        help="train with every margin on the same pairs; write margins.json next to --export")
-
-
-def config_from_args(args: argparse.Namespace) -> RewardConfig:
-    """The `RewardConfig` of parsed `llama-course train-rm` flags."""
-    return RewardConfig(criterion=args.criterion, margin=args.margin, head=args.head, base=args.base,
-                        pairs=args.pairs, sampled_pairs=args.sampled_pairs, held_out=args.held_out,
-                        batch_size=args.batch_size, helpfulness_mix=args.helpfulness_mix, seed=args.seed,
-                        epochs=args.epochs, lr=args.lr, device=args.device,
-                        output_dir=args.output_dir or f"runs/rm-{args.criterion}")
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run `llama-course train-rm`."""
-    config = config_from_args(args)
-    if args.margin_study:
-        study = margin_study(config, args.export)
-        for margin, result in study["margins"].items():
-            accuracies = {s: r["accuracy"] for s, r in result["by_strength"].items()}
-            print(f"margin {margin}: held-out accuracy {result['accuracy']:.3f}, by strength {accuracies}")
-        return
-    model, _, card = train_reward_model(config)
-    if args.export is not None:
-        save_reward_model(model, args.export, card | {"held_out": held_out_summary(card["held_out"])})
-    print(json.dumps({"base": config.resolved_base(), "steps": card["steps"], "final_loss": card["final_loss"],
-                      **held_out_summary(card["held_out"])}, indent=1))
-
-
-if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="python -m llama_course.alignment.reward_train",
-                                          description=__doc__.split("\n")[0])
-    add_arguments(main_parser)
-    run(main_parser.parse_args())

@@ -23,14 +23,13 @@ from llama_course.alignment.reward import (
 from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
 from llama_course.alignment.reward_train import (
     RewardConfig,
-    add_arguments,
     build_preferences,
-    config_from_args,
     load_reward_model,
     save_reward_model,
     train_reward_model,
 )
 from llama_course.alignment.sft import load_base_model
+from llama_course.commands.train_rm import add_arguments, config_from_args
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.toyworld import STRENGTHS, generate_preferences, toy_tokenizer
