@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,38 +178,43 @@ def _cell(interval: dict[str, float] | None, signed: bool = False) -> str:
     return f"{interval['rate']:{sign}.3f} [{interval['low']:{sign}.3f}, {interval['high']:{sign}.3f}]"
 
 
-def versions_table(results: dict[str, Any], sampled: bool = False) -> str:
-    """Per version, means over seeds with 95% intervals: true task helpfulness, its paired gain over SFT (V0)
-    and over the previous version, refusals on unsafe prompts and false refusals on borderline ones; greedy
-    answers, or with `sampled` the answers sampled at the RS temperature."""
+def _rm_accuracy(criterion: str, when: str) -> Callable[[dict], dict | None]:
+    return lambda v: v["rm_accuracy_new_pairs"][criterion][when] if v["rm_accuracy_new_pairs"] else None
+
+
+def table_columns(sampled: bool = False) -> dict[str, Callable[[dict], dict | None]]:
+    """The columns `versions_table` can print, each a version's 95% interval (None where it has none): true
+    task helpfulness, its paired gain over SFT (V0) and over the previous version, the true judge's win rate
+    over SFT (ties half), refusals on unsafe and false refusals on borderline prompts (greedy answers, or with
+    `sampled` the answers sampled at the RS temperature); each RM's accuracy on the new policy's pairs before
+    and after retraining; the share of the oracle's best-of-N gain that the helpfulness RM captures."""
     suffix = "_sampled" if sampled else ""
-    columns = ("helpfulness", "gain over SFT", "gain over previous", "refusals", "false refusals")
-    rows = [f"{'':<8}" + "".join(f"{c:>26}" for c in columns)]
-    for version in results["summary"]["versions"]:
-        cells = [_cell(version["helpfulness_tasks" + suffix]), _cell(version["gain_over_sft" + suffix], True),
-                 _cell(version["gain_over_previous" + suffix], True), _cell(version["refusal_unsafe" + suffix]),
-                 _cell(version["false_refusal_borderline" + suffix])]
-        label = f"V{version['round']} {_METHOD_LABELS[version['method']]}"
-        rows.append(f"{label:<8}" + "".join(f"{c:>26}" for c in cells))
-    return "\n".join(rows)
+    return {"helpfulness": lambda v: v["helpfulness_tasks" + suffix],
+            "gain over SFT": lambda v: v["gain_over_sft" + suffix],
+            "gain over previous": lambda v: v["gain_over_previous" + suffix],
+            "win rate over SFT": lambda v: v["win_rate_over_sft" + suffix],
+            "refusals": lambda v: v["refusal_unsafe" + suffix],
+            "false refusals": lambda v: v["false_refusal_borderline" + suffix],
+            **{f"{c} RM {when}": _rm_accuracy(c, when) for c in CRITERIA for when in ("before", "after")},
+            "best-of-N captured": lambda v: v["best_of_n"]["captured"]}
 
 
-def judges_table(results: dict[str, Any]) -> str:
-    """Per round, the RMs' accuracy on the new policy's pairs (true order) before and after retraining, and the
-    share of the oracle's best-of-N gain that the round's helpfulness RM captures, with 95% intervals."""
-    n = results["config"]["capture_n"]
-    columns = ("helpfulness RM before", "after", "safety RM before", "after", f"best-of-{n} captured")
-    rows = [f"{'':<10}" + "".join(f"{c:>24}" for c in columns)]
+def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: bool = False) -> str:
+    """One row per version (V0 the SFT model), one column per name of `table_columns`: means over seeds with 95%
+    intervals. Three columns fit the book's output width."""
+    known = table_columns(sampled)
+    unknown = [name for name in columns if name not in known]
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; choose from {list(known)}")
+    widths = [max(len(name), 23 if name.startswith("gain") else 20) + 2 for name in columns]
+    rows = ["   " + "".join(f"{name:>{w}}" for name, w in zip(columns, widths, strict=True))]
     for version in results["summary"]["versions"]:
-        accuracy = version["rm_accuracy_new_pairs"]
-        cells = ([_cell(accuracy[c][when]) for c in CRITERIA for when in ("before", "after")] if accuracy
-                 else ["-"] * 4)
-        label = f"round {version['round']}"
-        rows.append(f"{label:<10}" + "".join(f"{c:>24}" for c in [*cells, _cell(version['best_of_n']['captured'])]))
+        cells = [_cell(known[name](version), signed=name.startswith("gain")) for name in columns]
+        rows.append(f"V{version['round']:<2}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     return "\n".join(rows)
 
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "judges_table", "load_rlhf_results", "plot_rm_accuracy", "plot_versions",
-           "summarize_seeds", "versions_table", "write_results"]
+__all__ = ["SHIPPED_RESULTS", "load_rlhf_results", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
+           "table_columns", "versions_table", "write_results"]

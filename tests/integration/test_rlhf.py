@@ -12,7 +12,7 @@ from llama_course.alignment.reward_train import load_reward_model
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments.overoptimisation import overoptimisation
 from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
-from llama_course.experiments.rlhf_results import judges_table, load_rlhf_results, versions_table, write_results
+from llama_course.experiments.rlhf_results import load_rlhf_results, table_columns, versions_table, write_results
 from llama_course.pretrained import load_pretrained
 
 # Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
@@ -104,7 +104,10 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     for version, values in zip(versions, helpful, strict=True):
         wins = np.where(values > helpful[0], 1.0, np.where(values == helpful[0], 0.5, 0.0))
         assert version["win_rate_over_sft"]["rate"] == pytest.approx(wins.mean())
-    assert "V2 PPO" in versions_table(results) and judges_table(results).count("round ") == 3
+    table = versions_table(results, list(table_columns()), sampled=True).splitlines()
+    assert len(table) == 4 and table[3].startswith("V2") and table[1].count("-") >= 4  # V0: no gain over previous
+    with pytest.raises(ValueError, match="unknown columns"):
+        versions_table(results, ["accuracy"])
 
 
 def test_missing_results_name_the_command(tmp_path):
