@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from llama_course.alignment.ppo_rollout import ValueModel
@@ -94,17 +95,38 @@ def load_overoptimisation(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     return load_results_file(path, f"{REGENERATE} {path}")
 
 
-def plot_overoptimisation(result: dict[str, Any], axes=None):
-    """Proxy (RM) and gold (true) reward against KL: best-of-N and PPO per KL coefficient, on two panels."""
+def ppo_change(curve: dict[str, list[float]], key: str, window: int = 10, resamples: int = 2000, seed: int = 0
+               ) -> dict[str, float]:
+    """The change of `key` ("rm", "true" or "kl") over a PPO run: the mean of the last `window` iterations minus the
+    mean of the first `window`, with a 95% percentile bootstrap interval that resamples each window's iterations
+    (every iteration is the mean over its own fresh prompts, so the iterations are independent draws)."""
+    values = np.asarray(curve[key], dtype=np.float64)
+    if len(values) < 2 * window:
+        raise ValueError(f"a run of {len(values)} iterations has no two disjoint windows of {window}")
+    first, last = values[:window], values[-window:]
+    rng = np.random.default_rng(seed)
+    draws = (rng.choice(last, (resamples, window)).mean(axis=1) - rng.choice(first, (resamples, window)).mean(axis=1))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"first": float(first.mean()), "last": float(last.mean()), "change": float(last.mean() - first.mean()),
+            "low": float(low), "high": float(high)}
+
+
+def plot_overoptimisation(result: dict[str, Any], axes=None, window: int = 10):
+    """Proxy (RM) and gold (true) reward against KL, on two panels: best-of-N, and PPO per KL coefficient as
+    means over consecutive blocks of `window` iterations (one iteration's 64 answers are too few to read)."""
     import matplotlib.pyplot as plt
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     curves = [("best-of-N", result["best_of_n"], "o-")]
-    curves += [(f"PPO, beta = {beta}", curve, ".-") for beta, curve in result["ppo"].items()]
+    for beta, curve in result["ppo"].items():
+        blocks = len(curve["kl"]) // window
+        means = {key: np.asarray(curve[key][: blocks * window]).reshape(blocks, window).mean(axis=1)
+                 for key in ("kl", "rm", "true")}
+        curves.append((f"PPO, beta = {beta} (means of {window} iterations)", means, ".-"))
     for axis, key, title in ((axes[0], "rm", "RM score (proxy)"), (axes[1], "true", "true helpfulness (gold)")):
         for label, curve, style in curves:
-            axis.plot(curve["kl"], curve[key], style, label=label, markersize=4)
+            axis.plot(curve["kl"], curve[key], style, label=label, markersize=5)
         axis.set_xlabel("KL from the starting policy (nats per answer)")
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
@@ -112,4 +134,5 @@ def plot_overoptimisation(result: dict[str, Any], axes=None):
     return axes
 
 
-__all__ = ["best_of_n_curve", "load_overoptimisation", "overoptimisation", "plot_overoptimisation", "ppo_curve"]
+__all__ = ["best_of_n_curve", "load_overoptimisation", "overoptimisation", "plot_overoptimisation", "ppo_change",
+           "ppo_curve"]

@@ -10,7 +10,7 @@ import torch
 from llama_course.alignment.reward import RewardModel
 from llama_course.alignment.reward_train import load_reward_model
 from llama_course.evaluation import bootstrap_mean
-from llama_course.experiments.overoptimisation import overoptimisation
+from llama_course.experiments.overoptimisation import overoptimisation, ppo_change
 from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
 from llama_course.experiments.rlhf_results import load_rlhf_results, table_columns, versions_table, write_results
 from llama_course.pretrained import load_pretrained
@@ -130,3 +130,14 @@ def test_overoptimisation_curves_at_their_smallest(tmp_path, one_thread):
     assert sorted(result["ppo"]) == ["0.0", "0.2"]
     for curve in result["ppo"].values():
         assert curve["iteration"] == [1, 2] and all(np.isfinite(curve["kl"]))
+
+
+def test_ppo_change_compares_the_first_and_last_windows():
+    curve = {"true": [0.25] * 10 + [9.0] * 5 + [0.75] * 10}
+    change = ppo_change(curve, "true")
+    assert (change["first"], change["last"], change["change"]) == (0.25, 0.75, 0.5)
+    assert change["low"] == change["high"] == 0.5  # constant windows: no spread to resample
+    noisy = ppo_change({"rm": list(np.random.default_rng(0).normal(0.0, 1.0, 40))}, "rm")
+    assert noisy["low"] < noisy["change"] < noisy["high"]
+    with pytest.raises(ValueError, match="no two disjoint windows of 10"):
+        ppo_change({"kl": [0.0] * 19}, "kl")
