@@ -117,7 +117,7 @@ def plot_overoptimisation(result: dict[str, Any], axes=None, window: int = 10):
     import matplotlib.pyplot as plt
 
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+        _, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharex=True)
     curves = [("best-of-N", result["best_of_n"], "o-")]
     for beta, curve in result["ppo"].items():
         blocks = len(curve["kl"]) // window

@@ -129,7 +129,7 @@ def plot_versions(results: dict[str, Any], axes=None):
 
     versions = results["summary"]["versions"]
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        _, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     labels = [f"V{v['round']}\n{_METHOD_LABELS[v['method']]}" for v in versions]
     xs = list(range(len(versions)))
     _errorbar(axes[0], xs, [v["helpfulness_tasks"] for v in versions], "greedy answers")
