@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from llama_course.evaluation.ratings import ABOUT_THE_SAME, check_ratings, rating_from_points, swap_sides
-from llama_course.toyworld.annotators import STRENGTHS, Annotator, strength_of
+from llama_course.paper import STRENGTHS
+from llama_course.toyworld.annotators import Annotator, strength_of
 
 # "significantly better" -> 3 points ("much better"), ..., "negligibly better / unsure" -> 0 ("about the same")
 STRENGTH_POINTS = {strength: 3 - index for index, strength in enumerate(STRENGTHS)}

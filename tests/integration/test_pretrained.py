@@ -92,6 +92,10 @@ def test_base_samples_at_temperature_one_are_at_least_90_percent_valid_sentences
     score = grammar_score(stories)
     assert score.sentences >= 400
     assert score.fraction >= 0.9, score
+    # and it agrees with the fraction the card records (seed 0, 256 stories), within 4 binomial standard errors
+    recorded = pretrained_card("base")["card"]["grammar_score"]["fraction"]
+    standard_error = math.sqrt(recorded * (1 - recorded) / score.sentences)
+    assert abs(score.fraction - recorded) < 4 * standard_error, (score, recorded)
 
 
 def test_all_shipped_checkpoints_fit_the_size_budget():
