@@ -9,7 +9,13 @@
 """
 
 from llama_course.evaluation.agreement import fleiss_kappa, gwet_ac2, ordinal_weights
-from llama_course.evaluation.bootstrap import RateInterval, bootstrap_mean, bootstrap_rates, win_tie_loss
+from llama_course.evaluation.bootstrap import (
+    RateInterval,
+    bootstrap_difference,
+    bootstrap_mean,
+    bootstrap_rates,
+    win_tie_loss,
+)
 from llama_course.evaluation.judges import (
     RewardModelJudge,
     SideBySide,
@@ -28,6 +34,7 @@ __all__ = [
     "SafetyRater",
     "SideBySide",
     "ToyRater",
+    "bootstrap_difference",
     "bootstrap_mean",
     "bootstrap_rates",
     "consensus_ratings",

@@ -103,3 +103,21 @@ def bootstrap_mean(values: np.ndarray | Sequence, *, denominator: np.ndarray | S
     tail = (1 - confidence) / 2
     low, high = np.quantile(statistic, [tail, 1 - tail])
     return RateInterval(float(observed), float(low), float(high))
+
+
+def bootstrap_difference(before: np.ndarray | Sequence, after: np.ndarray | Sequence, *, resamples: int = 2000,
+                         confidence: float = 0.95, seed: int = 0) -> RateInterval:
+    """mean(after) - mean(before) of two INDEPENDENT samples (unpaired: e.g. the first and the last iterations of a
+    run, each on its own fresh prompts), with a percentile bootstrap interval that resamples each sample on its
+    own. Paired values (two models on the same prompts) take `bootstrap_mean` of their differences instead."""
+    before, after = (np.asarray(a, dtype=np.float64) for a in (before, after))
+    if before.ndim != 1 or after.ndim != 1 or not before.size or not after.size:
+        raise ValueError(f"before {before.shape} and after {after.shape} must be non-empty 1-D samples")
+    if not (np.isfinite(before).all() and np.isfinite(after).all()):
+        raise ValueError("the samples hold NaN or infinity; drop the values that are missing before bootstrapping")
+    rng = np.random.default_rng(seed)
+    draws = (rng.choice(after, (resamples, after.size)).mean(axis=1)
+             - rng.choice(before, (resamples, before.size)).mean(axis=1))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return RateInterval(float(after.mean() - before.mean()), float(low), float(high))

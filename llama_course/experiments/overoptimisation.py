@@ -29,6 +29,7 @@ from llama_course.alignment.ppo_rollout import ValueModel
 from llama_course.alignment.ppo_train import PPOConfig, PPOModels
 from llama_course.alignment.rejection import best_of_n_kl_bound, expected_order_statistic, sample_responses
 from llama_course.alignment.reward import RewardModel, score_responses
+from llama_course.evaluation import bootstrap_difference
 from llama_course.experiments import load_results_file
 from llama_course.experiments.ppo import train_ppo
 from llama_course.model import Llama
@@ -95,20 +96,17 @@ def load_overoptimisation(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     return load_results_file(path, f"{REGENERATE} {path}")
 
 
-def ppo_change(curve: dict[str, list[float]], key: str, window: int = 10, resamples: int = 2000, seed: int = 0
-               ) -> dict[str, float]:
+def ppo_change(curve: dict[str, list[float]], key: str, window: int = 10) -> dict[str, float]:
     """The change of `key` ("rm", "true" or "kl") over a PPO run: the mean of the last `window` iterations minus the
-    mean of the first `window`, with a 95% percentile bootstrap interval that resamples each window's iterations
-    (every iteration is the mean over its own fresh prompts, so the iterations are independent draws)."""
-    values = np.asarray(curve[key], dtype=np.float64)
+    mean of the first `window`, with a 95% bootstrap interval (`bootstrap_difference`: every iteration is the mean
+    over its own fresh prompts, so the two windows are independent samples)."""
+    values = curve[key]
     if len(values) < 2 * window:
         raise ValueError(f"a run of {len(values)} iterations has no two disjoint windows of {window}")
     first, last = values[:window], values[-window:]
-    rng = np.random.default_rng(seed)
-    draws = (rng.choice(last, (resamples, window)).mean(axis=1) - rng.choice(first, (resamples, window)).mean(axis=1))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"first": float(first.mean()), "last": float(last.mean()), "change": float(last.mean() - first.mean()),
-            "low": float(low), "high": float(high)}
+    change = bootstrap_difference(first, last)
+    return {"first": float(np.mean(first)), "last": float(np.mean(last)), "change": change.rate, "low": change.low,
+            "high": change.high}
 
 
 def plot_overoptimisation(result: dict[str, Any], axes=None, window: int = 10):

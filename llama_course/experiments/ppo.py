@@ -12,7 +12,6 @@ them (`toy_judges`: IS_SAFETY(p), the oracle judge of `reward="true"`, the truth
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from llama_course.alignment.ppo_rollout import Rollout
 from llama_course.alignment.ppo_train import PPOConfig, PPOModels, load_ppo_models
 from llama_course.alignment.reward import Scorer, combine_rewards
 from llama_course.alignment.sft_eval import answer_prompts
+from llama_course.experiments import load_results_file
 from llama_course.experiments.toyworld_judges import ppo_prompts, true_scores
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
@@ -111,10 +111,7 @@ def score_rollout(models: PPOModels, rollout: Rollout, config: PPOConfig, tokeni
 
 def load_ppo_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The measurements written by `llama-course ppo --experiments FILE` (chapter 13 plots them)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no PPO results at {str(path)!r}: run `llama-course ppo --experiments {path}`")
-    return json.loads(path.read_text())
+    return load_results_file(path, f"llama-course ppo --experiments {path}")
 
 
 def plot_ppo_metrics(history: list[dict[str, Any]], output: str | Path | None = None, *,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from llama_course.alignment.rejection import (
     max_and_median_curves,
 )
 from llama_course.alignment.reward import RewardModel
+from llama_course.experiments import load_results_file
 from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
@@ -40,10 +40,7 @@ SHIPPED_RESULTS = ASSETS_DIR / "rejection_results.json"
 
 def load_rejection_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The measurements written by `llama-course rejection-sample --figures FILE` (chapter 12 plots them)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no results at {str(path)!r}: run `llama-course rejection-sample --figures {path}`")
-    return json.loads(path.read_text())
+    return load_results_file(path, f"llama-course rejection-sample --figures {path}")
 
 
 def rejection_sampling(policy: Llama, reward_model: RewardModel | Scorer, tokenizer: Tokenizer,

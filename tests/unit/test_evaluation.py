@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llama_course.evaluation.agreement import fleiss_kappa, gwet_ac2, ordinal_weights
-from llama_course.evaluation.bootstrap import bootstrap_rates, win_tie_loss
+from llama_course.evaluation.bootstrap import bootstrap_difference, bootstrap_rates, win_tie_loss
 from llama_course.evaluation.judges import (
     STRENGTH_POINTS,
     RewardModelJudge,
@@ -322,3 +322,19 @@ def test_safety_raters_on_compliance_and_refusals():
     assert abs((evasive == 2).mean() - FLIP_PROBABILITY["negligibly better / unsure"]) < 0.045
     with pytest.raises(ValueError, match="2 prompts need as many responses; got 1"):
         safety_ratings(prompts[:2], ["x"], exact)
+
+
+def test_bootstrap_difference_of_independent_samples():
+    exact = bootstrap_difference([0.25] * 10, [0.75] * 20)
+    assert (exact.rate, exact.low, exact.high) == (0.5, 0.5, 0.5)
+    rng = np.random.default_rng(1)
+    before, after = rng.normal(0.0, 1.0, 400), rng.normal(0.3, 1.0, 300)
+    interval = bootstrap_difference(before, after)
+    assert interval.rate == pytest.approx(after.mean() - before.mean())
+    # about 1.96 standard errors of a difference of two means on either side
+    half_width = 1.96 * np.sqrt(before.var() / 400 + after.var() / 300)
+    assert interval.high - interval.low == pytest.approx(2 * half_width, rel=0.15)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        bootstrap_difference([], [1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_difference([0.1, float("nan")], [0.2])
