@@ -1,4 +1,4 @@
-"""The `llama-course` command line. Each subcommand is a thin shell over a package function.
+"""The `llama-course` command line: dispatches each subcommand to its module in `llama_course/commands/`.
 
 Bad input is never a traceback: an expected failure (a bad value, a missing or damaged file, no network, a
 training run that diverged) is one line naming the problem and the fix, exit status 2; Ctrl-C during training
@@ -13,26 +13,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-
-def _presets(args: argparse.Namespace) -> None:
-    from llama_course.config import PRESETS, count_parameters
-
-    header = ("preset", "dim", "layers", "heads", "kv", "ffn", "context", "parameters")
-    print("{:<12} {:>5} {:>6} {:>5} {:>3} {:>6} {:>7} {:>15}".format(*header))
-    for name, config in PRESETS.items():
-        print(f"{name:<12} {config.dim:>5} {config.n_layers:>6} {config.n_heads:>5} {config.n_kv_heads:>3} "
-              f"{config.hidden_dim:>6} {config.max_seq_len:>7} {count_parameters(config):>15,}")
-
-
-# Subcommands implemented by a package module exposing `add_arguments(parser)` and `run(args)`.
+# Every subcommand: (name, its module in `commands/` with `add_arguments(parser)` and `run(args)`, one-line help).
 SUBCOMMAND_MODULES = [
-    ("build-tokenizer", "llama_course.toyworld.build_tokenizer", "retrain the toy world's shipped tokenizer"),
-    ("convert", "llama_course.interop.convert", "convert a checkpoint between Meta's and Hugging Face's layouts"),
-    ("grade", "llama_course.grading.cli", "grade an exercise notebook: run it, test its functions, print the score"),
-    ("sync-notebooks", "llama_course.notebooks", "run chapters and write their paired .ipynb (checked outputs only)"),
-    ("pretrain", "llama_course.training.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
-    ("pretrained", "llama_course.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
-    ("scaling", "llama_course.experiments.scaling",
+    ("presets", "llama_course.commands.presets", "print every model preset with its exact parameter count"),
+    ("build-tokenizer", "llama_course.commands.build_tokenizer", "retrain the toy world's shipped tokenizer"),
+    ("convert", "llama_course.commands.convert", "convert a checkpoint between Meta's and Hugging Face's layouts"),
+    ("grade", "llama_course.commands.grade", "grade an exercise notebook: run it, test its functions, print the score"),
+    ("sync-notebooks", "llama_course.commands.sync_notebooks",
+     "run chapters and write their paired .ipynb (checked outputs only)"),
+    ("pretrain", "llama_course.commands.pretrain", "pretrain a Llama on a corpus (config file + flags; resumes)"),
+    ("pretrained", "llama_course.commands.pretrained", "export a training run as a shipped checkpoint, or rescore one"),
+    ("scaling", "llama_course.commands.scaling",
      "Llama 1's thesis: smaller models trained longer, several sizes x budgets"),
     ("sft", "llama_course.commands.sft", "supervised fine-tuning of the base model on toy-world conversations"),
     ("train-rm", "llama_course.commands.train_rm",
@@ -49,11 +40,11 @@ SUBCOMMAND_MODULES = [
      "iterative RLHF as Llama 2 ran it: on-policy preference rounds V1..Vk, RMs retrained, RS then PPO; resumable"),
     ("safety", "llama_course.commands.safety",
      "safety (chapter 16): safety data scaling and false refusal; context distillation (distill)"),
-    ("evaluate", "llama_course.evaluation.cli",
+    ("evaluate", "llama_course.commands.evaluate",
      "compare models side by side as Llama 2 did: win/tie/loss with intervals, rater agreement, safety violations"),
-    ("reproduce", "llama_course.reproduce",
+    ("reproduce", "llama_course.commands.reproduce",
      "the whole course from nothing (tokenizer to evaluation), resumable, with a report of every headline number"),
-    ("chat", "llama_course.chat_cli", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),
+    ("chat", "llama_course.commands.chat", "chat with a model in the terminal (Llama 2-Chat format, streamed)"),
 ]
 
 
@@ -68,16 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after COMMAND)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {}
-
-    def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
-        handlers[name] = handler
+    for name, module, help in SUBCOMMAND_MODULES:
+        handlers[name] = _run_module(module)
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show an error's traceback")
-        return sub
-
-    command("presets", _presets, "print every model preset with its exact parameter count")
-    for name, module, help in SUBCOMMAND_MODULES:
-        sub = command(name, _run_module(module), help)
         importlib.import_module(module).add_arguments(sub)
     parser.set_defaults(handlers=handlers)
     return parser

@@ -18,7 +18,6 @@ prints a path of this machine: the book would show the same on its page.
 tests/book/test_notebook_pairs.py checks the result; benchmarks/notebooks.py times `execute_chapter`.
 """
 
-import argparse
 import re
 import sys
 import tempfile
@@ -157,12 +156,3 @@ def sync_chapter(markdown_path: Path, timeout_s: int = 300) -> float:
                          + "\n  ".join(problems))
     jupytext.write(executed, markdown_path.with_suffix(".ipynb"), fmt="ipynb")
     return seconds
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("chapters", nargs="*", type=Path, help="chapter .md files (default: chapters/NN_name.md)")
-
-
-def run(args: argparse.Namespace) -> None:
-    for path in chapter_paths(args.chapters):
-        print(f"{path}: executed in {sync_chapter(path):.1f} s, wrote {path.with_suffix('.ipynb')}")

@@ -1,4 +1,4 @@
-"""`llama-course reproduce [--out DIR]`: the whole course from nothing, in one resumable command.
+"""The whole course from nothing, in one resumable run (`llama-course reproduce [--out DIR]`).
 
 Each step runs a package command with the recipe the package ships, so the run rebuilds what the chapters load:
 
@@ -28,7 +28,6 @@ that the whole chain runs in about a minute: for tests, not for results.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -151,9 +150,11 @@ def _accuracy(held_out: dict[str, Any]) -> dict[str, Any]:
 
 def rm_helpfulness_step(pipeline: Pipeline) -> dict[str, Any]:
     from llama_course.alignment.reward_train import margin_study
+    from llama_course.experiments.toyworld_data import reward_data
 
     folder = pipeline.partial("rm_helpfulness")
-    study = margin_study(_reward_config(pipeline, "helpfulness"), folder)
+    config = _reward_config(pipeline, "helpfulness")
+    study = margin_study(config, reward_data(config), folder)
     card = _card(folder)
     pipeline.publish("rm_helpfulness")
     return {**_accuracy(card["held_out"]),
@@ -162,8 +163,10 @@ def rm_helpfulness_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def rm_safety_step(pipeline: Pipeline) -> dict[str, Any]:
     from llama_course.alignment.reward_train import held_out_summary, save_reward_model, train_reward_model
+    from llama_course.experiments.toyworld_data import reward_data
 
-    model, _, card = train_reward_model(_reward_config(pipeline, "safety"))
+    config = _reward_config(pipeline, "safety")
+    model, _, card = train_reward_model(config, reward_data(config))
     folder = pipeline.partial("rm_safety")
     save_reward_model(model, folder, card | {"held_out": held_out_summary(card["held_out"])})
     pipeline.publish("rm_safety")
@@ -249,14 +252,14 @@ EVALUATED_MODELS = ("base", "sft", "rejection", "ppo", "gatt")
 
 
 def evaluation_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.evaluation import cli
+    from llama_course.commands import evaluate
 
     models = [f"{name}={pipeline.path(name)}" for name in EVALUATED_MODELS
               if pipeline.path(name, "config.json").is_file()]
     folder = pipeline.partial("evaluation")
-    pipeline.command(cli, [*models, "--reward-model", pipeline.path("rm_helpfulness"), "--out", folder,
-                           *pipeline.sizes["evaluate"]])
-    report = json.loads((folder / cli.REPORT_FILE).read_text())
+    pipeline.command(evaluate, [*models, "--reward-model", pipeline.path("rm_helpfulness"), "--out", folder,
+                                *pipeline.sizes["evaluate"]])
+    report = json.loads((folder / evaluate.REPORT_FILE).read_text())
     pipeline.publish("evaluation")
     return {
         "models": {name: {"helpfulness": model["helpfulness"], "violation_rate": model["violation_rate"]["rate"]}
@@ -345,7 +348,7 @@ def write_report(out: Path, steps: dict[str, dict[str, Any]], *, smoke: bool) ->
               f"{status.get('seconds', '')} |" for name, status in steps.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     if steps.get("evaluation", {}).get("status") == "done":  # what chapter 15 plots, with the run behind it
-        from llama_course.evaluation.cli import REPORT_FILE
+        from llama_course.commands.evaluate import REPORT_FILE
 
         evaluation = json.loads((out / "evaluation" / REPORT_FILE).read_text())
         write_json_atomic(out / RESULTS_FILE, evaluation | {"pipeline": report})
@@ -362,16 +365,3 @@ def run_pipeline(out: str | Path, *, smoke: bool = False, steps: Sequence[Step] 
     """
     pipeline = Pipeline(out, SMOKE if smoke else FULL, {"smoke": smoke})
     return write_report(pipeline.out, run_steps(pipeline, steps), smoke=smoke)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course reproduce` flags."""
-    parser.add_argument("--out", type=Path, default=Path("runs/reproduce"),
-                        help="folder for every model, run and the report; rerun with the same folder to resume")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes everywhere: checks the chain in a minute")
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run `llama-course reproduce`."""
-    report = run_pipeline(args.out, smoke=args.smoke)
-    print(f"report: {args.out / 'report.md'} ({report['seconds']:.0f} s of steps)")

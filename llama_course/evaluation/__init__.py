@@ -5,7 +5,8 @@
 - `agreement`: inter-rater reliability, Gwet's AC2 (ordinal weights) and Fleiss' kappa;
 - `bootstrap`: win / tie / loss and violation rates with bootstrap confidence intervals;
 - `safety`: 5-point safety ratings, violation by majority of three raters;
-- `report` and `cli`: `llama-course evaluate MODEL_A MODEL_B ...`, a JSON report and plots.
+- `report`: the JSON report and plots of `llama-course evaluate MODEL_A MODEL_B ...`;
+- `answers`: the compared models' greedy answers, and a reward model as a judge of them.
 """
 
 from llama_course.evaluation.agreement import fleiss_kappa, gwet_ac2, ordinal_weights

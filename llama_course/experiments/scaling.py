@@ -13,15 +13,14 @@ schedule ending at its budget (as Chinchilla's runs do), and records per run:
 
 One command regenerates the shipped table (`llama_course/assets/scaling_results.json`):
 
-    python -m llama_course.experiments.scaling                       # the full grid: 2.5 minutes on one H200 GPU
-    python -m llama_course.experiments.scaling --budgets 65536 131072 --models d32 d64 --output runs/scaling.json
+    llama-course scaling                       # the full grid: 2.5 minutes on one H200 GPU
+    llama-course scaling --budgets 65536 131072 --models d32 d64 --output runs/scaling.json
 
 A run already in the output file is skipped, so an interrupted experiment continues where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -158,7 +157,7 @@ def load_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no scaling results at {str(path)!r}; "
-                                "run `python -m llama_course.experiments.scaling`")
+                                "run `llama-course scaling`")
     return json.loads(path.read_text())
 
 
@@ -211,29 +210,3 @@ def plot_scaling(table: dict[str, Any]):
     serve_axis.legend(fontsize=8, title="training tokens")
     figure.tight_layout()
     return figure
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = ScalingSettings()
-    parser.add_argument("--output", type=Path, default=SHIPPED_RESULTS, help="results table (JSON) to extend")
-    parser.add_argument("--models", nargs="+", choices=list(SCALING_MODELS), help="model sizes (default: all)")
-    parser.add_argument("--budgets", nargs="+", type=int, help=f"training tokens per run (default {DEFAULT_BUDGETS})")
-    parser.add_argument("--work-dir", default="runs/scaling", help="checkpoints and metrics of every run")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, mps")
-    parser.add_argument("--grammar-samples", type=int, default=defaults.grammar_samples,
-                        help="stories sampled per run for the grammar score (0: skip)")
-
-
-def run(args: argparse.Namespace) -> None:
-    settings = ScalingSettings(device=args.device, grammar_samples=args.grammar_samples)
-    table = run_experiment(args.output, args.models, args.budgets, settings, args.work_dir)
-    for small, large in smaller_model_wins(table["runs"]):
-        print(f"{small['model']} on {small['tokens']:,} tokens (loss {small['val_loss']:.3f}) beats "
-              f"{large['model']} on {large['tokens']:,} tokens (loss {large['val_loss']:.3f})")
-
-
-if __name__ == "__main__":
-    main_parser = argparse.ArgumentParser(prog="python -m llama_course.experiments.scaling",
-                                          description=__doc__.split("\n")[0])
-    add_arguments(main_parser)
-    run(main_parser.parse_args())

@@ -13,6 +13,6 @@ TOY_VOCAB_SIZE = 1024  # why 1024: see build_tokenizer.py
 def toy_tokenizer() -> Tokenizer:
     """The tokenizer shipped with the package, trained on the toy world (1024 pieces).
 
-    Rebuilt by `python -m llama_course.toyworld.build_tokenizer`.
+    Rebuilt by `llama-course build-tokenizer`.
     """
     return Tokenizer(TOY_TOKENIZER_PATH)

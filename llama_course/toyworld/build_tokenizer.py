@@ -1,4 +1,4 @@
-"""Build the toy world's tokenizer: `python -m llama_course.toyworld.build_tokenizer [--vocab-size 1024]`.
+"""Build the toy world's tokenizer (`llama-course build-tokenizer [--vocab-size 1024]`).
 
 Trains a Llama-style SentencePiece BPE (`llama_course.tokenizer.train_tokenizer`: byte fallback, split
 digits) on a fixed, seeded mix of everything the toy world writes: stories, task prompts and answers, safety
@@ -14,7 +14,6 @@ small part of a model of a few million parameters, which is where the course wan
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,23 +46,3 @@ def tokenizer_training_texts(
 def build_toy_tokenizer(model_path: str | Path = TOY_TOKENIZER_PATH, vocab_size: int = TOY_VOCAB_SIZE) -> Tokenizer:
     """Train the toy tokenizer on `tokenizer_training_texts()` and write it to `model_path`."""
     return train_tokenizer(tokenizer_training_texts(), vocab_size, model_path, num_threads=1)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vocab-size", type=int, default=TOY_VOCAB_SIZE, help="pieces in the vocabulary")
-    parser.add_argument("--output", type=Path, default=TOY_TOKENIZER_PATH, help="where to write tokenizer.model")
-
-
-def run(args: argparse.Namespace) -> None:
-    tokenizer = build_toy_tokenizer(args.output, args.vocab_size)
-    print(f"wrote {args.output} ({tokenizer.vocab_size} pieces, {args.output.stat().st_size} bytes)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the toy world's SentencePiece tokenizer.")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

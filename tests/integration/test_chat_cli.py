@@ -10,7 +10,7 @@ import torch
 
 from llama_course.alignment.sft import RANDOM_BASE, SHIPPED_SFT_DIR, export_model, load_base_model
 from llama_course.chat import encode_dialog
-from llama_course.chat_cli import ChatSession
+from llama_course.chat_session import ChatSession
 from llama_course.config import ModelConfig
 from llama_course.generation import generate
 from llama_course.model import Llama
@@ -35,7 +35,7 @@ def greedy_answer(model, tokenizer, messages) -> str:
 
 
 def chat(folder, lines: list[str], *extra: str) -> str:
-    command = [sys.executable, "-m", "llama_course.chat_cli", "--temperature", "0", "--max-new-tokens", str(MAX_NEW),
+    command = [sys.executable, "-m", "llama_course.cli", "chat", "--temperature", "0", "--max-new-tokens", str(MAX_NEW),
                *(["--checkpoint", str(folder)] if folder is not None else []), *extra]
     done = subprocess.run(command, input="".join(line + "\n" for line in lines), capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -105,10 +105,10 @@ def run_chat(folder, lines, monkeypatch, capsys, *extra) -> str:
     import argparse
     import builtins
 
-    from llama_course import chat_cli
+    from llama_course.commands import chat as chat_command
 
     parser = argparse.ArgumentParser()
-    chat_cli.add_arguments(parser)
+    chat_command.add_arguments(parser)
     feed = iter(lines)
 
     def fake_input(prompt):
@@ -119,15 +119,15 @@ def run_chat(folder, lines, monkeypatch, capsys, *extra) -> str:
         return line
 
     monkeypatch.setattr(builtins, "input", fake_input)
-    chat_cli.run(parser.parse_args(["--checkpoint", str(folder), "--temperature", "0", "--max-new-tokens",
+    chat_command.run(parser.parse_args(["--checkpoint", str(folder), "--temperature", "0", "--max-new-tokens",
                                     str(MAX_NEW), *extra]))
     return capsys.readouterr().out
 
 
 def test_ctrl_c_stops_the_answer_and_a_second_ctrl_c_at_the_prompt_quits(exported, monkeypatch, capsys):
-    from llama_course import chat_cli
+    from llama_course import chat_session
 
-    real_stream, calls = chat_cli.generate_stream, []
+    real_stream, calls = chat_session.generate_stream, []
 
     def interrupted_once(*args, **kwargs):
         calls.append(1)
@@ -136,7 +136,7 @@ def test_ctrl_c_stops_the_answer_and_a_second_ctrl_c_at_the_prompt_quits(exporte
                 raise KeyboardInterrupt  # Ctrl-C in the middle of the first answer
             yield token
 
-    monkeypatch.setattr(chat_cli, "generate_stream", interrupted_once)
+    monkeypatch.setattr(chat_session, "generate_stream", interrupted_once)
     stdout = run_chat(exported, [SECOND, FIRST, KeyboardInterrupt(), "never read"], monkeypatch, capsys)
     assert "(answer stopped and not kept; Ctrl-C again at the prompt, or Ctrl-D, quits)" in stdout
     model, tokenizer = load_base_model(str(exported))
@@ -149,7 +149,7 @@ def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(exported):
     import signal
     import time
 
-    command = [sys.executable, "-m", "llama_course.chat_cli", "--checkpoint", str(exported)]
+    command = [sys.executable, "-m", "llama_course.cli", "chat", "--checkpoint", str(exported)]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
     seen, deadline = b"", time.monotonic() + 120

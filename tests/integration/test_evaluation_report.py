@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from llama_course.evaluation import cli
+from llama_course.commands import evaluate
+from llama_course.evaluation.answers import reward_model_scorer
 from llama_course.evaluation.report import EvaluationPrompts, ModelAnswers, evaluate_answers
 from llama_course.toyworld import generate_tasks
 from llama_course.toyworld.annotators import STRENGTH_THRESHOLDS
@@ -85,7 +86,7 @@ def test_report_rejects_bad_input(known_answers):
 
 def _parse(*argv):
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    evaluate.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -93,8 +94,8 @@ def test_evaluate_command_writes_report_and_plots(tmp_path):
     # the shipped base model against the same weights loaded from its folder: every judgment must be a tie
     args = _parse("base", "llama_course/assets/base", "--out", str(tmp_path), "--prompts", "4",
                   "--safety-prompts", "3", "--max-new-tokens", "6", "--resamples", "200")
-    cli.run(args)
-    report = json.loads((tmp_path / cli.REPORT_FILE).read_text())
+    evaluate.run(args)
+    report = json.loads((tmp_path / evaluate.REPORT_FILE).read_text())
     assert set(report["models"]) == {"base", "llama_course/assets/base"}
     assert report["comparisons"][0]["raters"]["rates"]["tie"]["rate"] == 1.0
     assert report["settings"]["prompt_seed"] == 15
@@ -116,8 +117,8 @@ def test_evaluate_command_writes_report_and_plots(tmp_path):
 )
 def test_evaluate_command_rejects_bad_arguments(argv, message, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        cli.run(_parse("--out", str(tmp_path), *argv))
-    assert not (tmp_path / cli.REPORT_FILE).exists()
+        evaluate.run(_parse("--out", str(tmp_path), *argv))
+    assert not (tmp_path / evaluate.REPORT_FILE).exists()
 
 
 def test_reward_model_scorer_scores_each_answer_once_after_a_sigmoid(tmp_path, known_answers):
@@ -137,7 +138,7 @@ def test_reward_model_scorer_scores_each_answer_once_after_a_sigmoid(tmp_path, k
     prompts, answers, _ = known_answers
     few = EvaluationPrompts(prompts.helpfulness[:5], [])
     given = {"empty": ModelAnswers([""] * 5, []), "reference": ModelAnswers(answers["reference"].helpfulness[:5], [])}
-    scorer = cli.reward_model_scorer(loaded, tokenizer, few, given)
+    scorer = reward_model_scorer(loaded, tokenizer, few, given)
     expected = torch.sigmoid(score_responses(model, tokenizer, few.helpfulness, given["reference"].helpfulness))
     for prompt, answer, score in zip(few.helpfulness, given["reference"].helpfulness, expected.tolist(), strict=True):
         assert scorer(prompt, answer) == pytest.approx(score, abs=1e-6)

@@ -25,7 +25,7 @@ import pytest
 import torch
 from grading_toy import BROKEN, BROKEN_TASKS, CHEATS, CHEATS_TASKS, TOY, reference_negate
 
-from llama_course.grading import cli
+from llama_course.commands import grade
 from llama_course.grading.assertions import assert_equal
 from llama_course.grading.checks import ex02_rmsnorm, ex13_ppo
 from llama_course.grading.generate import STUB, strip_solutions, student_notebook
@@ -259,9 +259,9 @@ def defining(cells: list[nbformat.NotebookNode], function: str) -> nbformat.Note
 
 def run_cli(arguments: list[str], capsys) -> tuple[str, dict]:
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    grade.add_arguments(parser)
     json_path = Path(arguments[0]).with_suffix(".json")
-    cli.run(parser.parse_args([*arguments, "--json", str(json_path)]))
+    grade.run(parser.parse_args([*arguments, "--json", str(json_path)]))
     return capsys.readouterr().out, json.loads(json_path.read_text())
 
 

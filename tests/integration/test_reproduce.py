@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llama_course.cli import SUBCOMMAND_MODULES
-from llama_course.evaluation import cli as evaluate_cli
+from llama_course.commands import evaluate as evaluate_cli
 from llama_course.evaluation.report import load_evaluation_results
 from llama_course.pipeline import Pipeline, Step, StepPending
 from llama_course.pretrained import load_pretrained_folder

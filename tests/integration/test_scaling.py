@@ -94,6 +94,6 @@ def test_bad_grid_requests_are_clear_errors(tmp_path):
 
 
 def test_missing_results_file_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m llama_course.experiments.scaling"):
+    with pytest.raises(FileNotFoundError, match="llama-course scaling"):
         load_results(tmp_path / "none.json")
     assert SHIPPED_RESULTS.is_file()

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
+from llama_course.commands.pretrain import add_arguments
 from llama_course.training.checkpoint import latest_checkpoint, read_trainer_state
 from llama_course.training.metrics import read_metrics
-from llama_course.training.pretrain import add_arguments, load_config, load_trained_model
+from llama_course.training.pretrain import load_config, load_trained_model
 
 SMALL_RUN = ["--batch-size", "2", "--block-size", "32", "--set", "data.documents=200",
              "--set", "data.validation_documents=10", "--set", "model.dim=32", "--set", "model.n_layers=1",
@@ -77,7 +78,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_the_model_loads(tmp_path):
 
 
 def test_print_config_shows_the_resolved_values(capsys):
-    from llama_course.training.pretrain import run
+    from llama_course.commands.pretrain import run
 
     run(parse(["--print-config", "--lr", "0.01", "--preset", "small", "--set", "trainer.steps=5",
                 "--set", "trainer.warmup_steps=1"]))

@@ -28,6 +28,7 @@ LAYERS = {
     "model_files": (2, "the on-disk model folder (config.json + safetensors + card) of a model"),
     "__init__": (3, "`import llama_course as lc`: the public model, generation and tokenizer API"),
     "generation": (3, "decoding with a model"),
+    "chat_session": (3, "a multi-turn dialogue with one model, its answers streamed"),
     "training": (3, "one trainer loop and its parallelism, checkpoints and metrics"),
     "interop": (3, "Hugging Face and Meta checkpoints, to and from the model"),
     "pretrained": (3, "the shipped base checkpoint: trained by `training`, loaded by everything above"),
@@ -37,11 +38,10 @@ LAYERS = {
     "experiments": (5, "the measured runs behind the chapters, over the algorithms and the evaluation"),
     "commands": (6, "one module per `llama-course` subcommand: parsing and printing"),
     "cli": (6, "`llama-course`: dispatches to the subcommands"),
-    "chat_cli": (6, "`llama-course chat`"),
-    "reproduce": (6, "`llama-course reproduce`: every step of the course, in order"),
+    "reproduce": (6, "the steps of `llama-course reproduce`, in order, and their report"),
     "pipeline": (6, "the resumable runner of `llama-course reproduce`"),
-    "notebooks": (6, "`llama-course sync-notebooks`: runs the chapters"),
-    "grading": (6, "`llama-course grade`: checks exercises against every layer's reference code"),
+    "notebooks": (6, "running the chapters and writing their notebooks (`llama-course sync-notebooks`)"),
+    "grading": (6, "the exercise grader: checks exercises against every layer's reference code"),
 }
 
 PACKAGE = Path(llama_course.__file__).parent
@@ -207,4 +207,4 @@ def test_the_checker_sees_lazy_imports_strings_and_launches():
     assert imports("llama_course.data", source) == [
         ("llama_course.layers", 2), ("llama_course.model", 4), ("llama_course.generation", 5),
         ("llama_course.training.pretrain", 6), ("llama_course.reproduce", 7)]
-    assert {"llama_course.commands.sft", "llama_course.config"} <= {target for target, _ in GRAPH["llama_course.cli"]}
+    assert {"llama_course.commands.sft", "llama_course.commands.presets"} <= {target for target, _ in GRAPH["llama_course.cli"]}

@@ -1,0 +1,77 @@
+"""`llama-course pretrain`: pretrain a Llama on a corpus (`training.pretrain` holds the config and the run).
+
+    llama-course pretrain --config tiny.toml --set trainer.steps=2000
+    torchrun --nproc_per_node 8 -m llama_course.cli pretrain --config big.toml --set trainer.parallelism=fsdp
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from llama_course.config import PRESETS
+from llama_course.training.pretrain import PretrainConfig, load_config, run_pretraining
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course pretrain` flags; every config key is also settable with --set section.key=value."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys (TOML file or --set), with defaults:\n" + _describe_keys()
+    parser.add_argument("--config", type=Path, help="a TOML or JSON config file (see the keys below)")
+    parser.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, metrics.png")
+    parser.add_argument("--preset", help=f"model preset, one of {', '.join(PRESETS)}")
+    parser.add_argument("--steps", type=int, help="optimizer steps")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, help="sequences per process per micro-batch")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    parser.add_argument("--block-size", type=int, help="tokens per training sequence")
+    parser.add_argument("--device", help="auto, cpu, cuda, mps")
+    parser.add_argument("--parallelism", choices=["auto", "none", "ddp", "fsdp"], help="multi-process strategy")
+    parser.add_argument("--tensor-parallel", type=int, metavar="N",
+                        help="split every weight matrix over N processes (tensor + sequence parallelism); the "
+                             "data-parallel degree is the number of processes / N")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile each block")
+    parser.add_argument("--activation-checkpointing", choices=["none", "selective", "selective-policy", "full"],
+                        help="recompute activations in backward (selective: Llama 1's hand-written backward)")
+    parser.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set trainer.warmup_steps=100 (repeatable)")
+    parser.add_argument("--force-resume", action="store_true", default=None,
+                        help="resume even though the model, tokenizer, data, block size or batch differ from the "
+                             "checkpoint's (they are refused otherwise; lr, steps, logging, evaluation may change)")
+    parser.add_argument("--collective-timeout", type=float, metavar="SECONDS",
+                        help="how long a process waits for the others in a collective before failing (default 600)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
+
+
+_FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
+              "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
+              "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
+              "tensor_parallel": "trainer.tensor_parallel",
+              "compile": "trainer.compile", "seed": "trainer.seed", "force_resume": "trainer.force_resume",
+              "collective_timeout": "trainer.collective_timeout",
+              "activation_checkpointing": "trainer.activation_checkpointing"}
+
+
+def _describe_keys() -> str:
+    lines = ["  output_dir = \"runs/pretrain\"", "  model.preset = \"tiny\"  (and any ModelConfig field)"]
+    defaults = PretrainConfig()
+    for section, instance in (("data", defaults.data), ("trainer", defaults.trainer)):
+        lines += [f"  {section}.{f.name} = {json.dumps(getattr(instance, f.name))}"
+                  for f in dataclasses.fields(instance)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run `llama-course pretrain`: config file, then flags, then --set overrides (the last one wins)."""
+    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in _FLAG_KEYS.items()
+                 if getattr(args, flag, None) is not None]
+    config = load_config(args.config, overrides + list(args.overrides))
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    result = run_pretraining(config)
+    if not result.losses:
+        print(f"the run in {config.output_dir} is already at step {result.step} = trainer.steps: nothing to train")
+    elif result.val_loss is not None:
+        print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")
