@@ -53,8 +53,9 @@ from llama_course.alignment.rejection import (
     sample_responses,
 )
 from llama_course.alignment.reward_train import load_reward_model
-from llama_course.alignment.sft import load_base_model, load_sft_config, training_conversations
+from llama_course.alignment.sft import load_base_model, load_sft_config
 from llama_course.alignment.sft_eval import answer_prompts
+from llama_course.experiments.toyworld_data import training_conversations
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.toyworld import generate_tasks, helpfulness
 

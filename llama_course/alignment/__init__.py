@@ -8,12 +8,7 @@ The measurements shipped with the SFT model (loss curves, the answers-only ablat
 """
 
 from llama_course.alignment.sft import SFTConfig, SFTDataConfig, load_base_model, load_sft_results, run_sft
-from llama_course.alignment.sft_data import (
-    encode_conversation,
-    encode_conversations,
-    pack_sft,
-    sft_conversations,
-)
+from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import answer_prompts, helpfulness_by_family
 
 __all__ = [
@@ -27,5 +22,4 @@ __all__ = [
     "load_sft_results",
     "pack_sft",
     "run_sft",
-    "sft_conversations",
 ]

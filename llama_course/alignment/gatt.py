@@ -8,15 +8,17 @@ A chat model given an instruction in its first turn ("Act as Napoleon") tends to
 3. keep `inst` in the first turn only, and set the loss to 0 for all tokens of previous turns, assistant
    messages included: only the last turn is learned, in a context where the instruction is far behind.
 
-The instructions are the toy world's synthetic constraints (`toyworld.dialogues`: hobby, language, public
-figure, randomly combined, shortened half the time), stated as the system message, which Meta's format folds
-into the first user turn. Our choices where the paper is silent: every prefix `[u1, a1, ..., uk, ak]` with
+The dialogues and their instructions are the caller's (the chapter's are the toy world's synthetic constraints:
+hobby, language, public figure, randomly combined, shortened half the time, from
+`experiments.toyworld_data.gatt_dialogues`), the instruction stated as the system message, which Meta's format
+folds into the first user turn. A judge `judge(system, answer)` in [0, 1] says how well an answer follows it (the
+toy world's is `toyworld.adherence`). Our choices where the paper is silent: every prefix `[u1, a1, ..., uk, ak]` with
 k >= 2 of a sampled dialogue becomes one sample (the loss on `ak` only), so one sampled dialogue teaches every
 depth; each sample sits alone in its training block, padded, so the system message is always in its context.
 Step 2's "latest model" must follow an instruction it has just been given; ours follows it only part of the
 time, so `build_gatt_data` samples several answers per turn and keeps only samples whose learned answer the
-toy world's adherence checker passes (a rejection step). `recall_by_turn` measures constraint recall turn by
-turn with `toyworld.adherence` (Table 30); `gatt_attention.attention_to_system` gives the Figure 10 picture;
+judge passes (a rejection step). `recall_by_turn` measures constraint recall turn by turn with the judge
+(Table 30); `gatt_attention.attention_to_system` gives the Figure 10 picture;
 `llama_course.experiments.gatt` runs the chapter's measurement (`llama-course gatt`).
 """
 
@@ -37,10 +39,10 @@ from llama_course.data import pack_token_lists
 from llama_course.generation import generate
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld.dialogues import adherence, generate_dialogues
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
 
 Dialogue = list[dict[str, str]]
+Judge = Callable[[str, str], float]  # judge(system, answer) in [0, 1]: how well the answer follows the system message
 
 
 def _check_system_first(messages: Sequence[Message]) -> str:
@@ -91,7 +93,7 @@ def answer_dialogues(
     temperature: float = 0.0,
     seed: int = 0,
     samples_per_turn: int = 1,
-    judge: Callable[[str, str], float] | None = None,
+    judge: Judge | None = None,
     batch_size: int = 256,
 ) -> list[Dialogue]:
     """Let the model answer every user turn of each dialogue, turn by turn, its own answers kept in context.
@@ -101,7 +103,7 @@ def answer_dialogues(
     (GAtt step 2), and the returned dialogues keep it there. A dialogue stops at the last turn whose prompt
     plus `max_new_tokens` fits the model's context: the result may have fewer turns than asked.
 
-    With a `judge` (`judge(system, answer)` in [0, 1], e.g. the toy world's `adherence`), each turn draws
+    With a `judge` (`judge(system, answer)` in [0, 1], e.g. the toy world's `toyworld.adherence`), each turn draws
     `samples_per_turn` answers at `temperature` and keeps the one the judge scores highest (the first of
     ties): best-of-N by the checker. Generation runs `batch_size` sequences at a time.
     """
@@ -180,30 +182,29 @@ ANSWER_SOURCES = ("rejection", "model", "reference")
 def build_gatt_data(
     model: Llama,
     tokenizer: Tokenizer,
-    n_dialogues: int,
+    dialogues: Sequence[Sequence[Message]],
+    judge: Judge,
     *,
     seed: int = 0,
-    n_turns: int | tuple[int, int] = (2, 10),
     turns: tuple[int, int | None] = (2, None),
     answers: str = "rejection",
     samples_per_turn: int = 8,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
 ) -> datasets.Dataset:
-    """The GAtt dataset: toy-world dialogues under sampled constraints, answered with the instruction in every
-    turn, then turned into last-turn samples (`gatt_samples`). Columns `messages` and `turn` (k).
+    """The GAtt dataset: `dialogues` (a system message stating the instruction, then user turns and their
+    reference answers), answered with the instruction in every turn, then turned into last-turn samples
+    (`gatt_samples`). Columns `messages` and `turn` (k).
 
     `answers="rejection"` samples `samples_per_turn` answers per turn from `model` at `temperature`, keeps the
-    one the toy world's `adherence` scores highest in the dialogue (`answer_dialogues`), and then keeps a sample
-    only when its learned, last answer scores 1: the paper's step 2, with the checker's rejection step standing
-    in for a latest model that reliably follows an instruction given in the same turn (earlier answers are
-    context, as the model's own answers will be). `answers="model"` takes `model`'s greedy answers as they are,
-    followed or not; `answers="reference"` takes the toy world's reference answers, which follow every
-    constraint.
+    one `judge` scores highest in the dialogue (`answer_dialogues`), and then keeps a sample only when its
+    learned, last answer scores 1: the paper's step 2, with the judge's rejection step standing in for a latest
+    model that reliably follows an instruction given in the same turn (earlier answers are context, as the
+    model's own answers will be). `answers="model"` takes `model`'s greedy answers as they are, followed or
+    not; `answers="reference"` takes the dialogues' own answers.
     """
     if answers not in ANSWER_SOURCES:
         raise ValueError(f"answers={answers!r} is unknown; choose one of {ANSWER_SOURCES}")
-    dialogues = generate_dialogues(n_dialogues, seed=seed, n_turns=n_turns)["messages"]
     if answers == "reference":
         sampled = [with_instruction_in_every_turn(d) for d in dialogues]
     else:
@@ -211,10 +212,10 @@ def build_gatt_data(
         sampled = answer_dialogues(model, tokenizer, dialogues, instruction_in_every_turn=True,
                                    max_new_tokens=max_new_tokens, temperature=temperature if rejection else 0.0,
                                    seed=seed, samples_per_turn=samples_per_turn if rejection else 1,
-                                   judge=adherence if rejection else None)
+                                   judge=judge if rejection else None)
     samples = gatt_samples(sampled, turns)
     if answers == "rejection":
-        samples = [s for s in samples if adherence(s[0]["content"], s[-1]["content"]) == 1.0]
+        samples = [s for s in samples if judge(s[0]["content"], s[-1]["content"]) == 1.0]
     return datasets.Dataset.from_dict({"messages": samples, "turn": [(len(s) - 1) // 2 for s in samples]})
 
 
@@ -244,20 +245,20 @@ def mix_blocks(tokenizer: Tokenizer, conversations: datasets.Dataset, block_size
     return datasets.Dataset.from_dict(packed)
 
 
-def adherence_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[list[float]]:
-    """`adherence(system, answer)` of every answer of each dialogue, in turn order: one list per dialogue."""
-    return [[adherence(_check_system_first(messages), m["content"]) for m in messages[1:] if m["role"] == "assistant"]
+def adherence_by_turn(dialogues: Sequence[Sequence[Message]], judge: Judge) -> list[list[float]]:
+    """`judge(system, answer)` of every answer of each dialogue, in turn order: one list per dialogue."""
+    return [[judge(_check_system_first(messages), m["content"]) for m in messages[1:] if m["role"] == "assistant"]
             for messages in dialogues]
 
 
-def recall_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[float]:
-    """Constraint recall at each turn: the mean over dialogues of `adherence(system, answer)` (Table 30).
+def recall_by_turn(dialogues: Sequence[Sequence[Message]], judge: Judge) -> list[float]:
+    """Constraint recall at each turn: the mean over dialogues of `judge(system, answer)` (Table 30).
 
     Entry t-1 is turn t, averaged over the dialogues that reach turn t.
     """
     totals: list[float] = []
     counts: list[int] = []
-    for scores in adherence_by_turn(dialogues):
+    for scores in adherence_by_turn(dialogues, judge):
         for turn, score in enumerate(scores):
             if turn == len(totals):
                 totals.append(0.0)
@@ -267,18 +268,13 @@ def recall_by_turn(dialogues: Sequence[Sequence[Message]]) -> list[float]:
     return [total / count for total, count in zip(totals, counts, strict=True)]
 
 
-def evaluation_dialogues(n: int, n_turns: int, seed: int = 1234) -> list[Dialogue]:
-    """`n` held-out dialogues of `n_turns` user turns (system message first), for measuring recall."""
-    return [list(d) for d in generate_dialogues(n, seed=seed, n_turns=n_turns)["messages"]]
-
-
 def measure_adherence(
-    model: Llama, tokenizer: Tokenizer, n: int = 64, n_turns: int = 12, seed: int = 1234, max_new_tokens: int = 48
+    model: Llama, tokenizer: Tokenizer, dialogues: Sequence[Sequence[Message]], judge: Judge, max_new_tokens: int = 48
 ) -> tuple[list[list[float]], list[Dialogue]]:
-    """`adherence_by_turn` of `model` answering `n` held-out dialogues greedily (instruction in the system message
+    """`adherence_by_turn` of `model` answering held-out `dialogues` greedily (instruction in the system message
     only), and the answered dialogues."""
-    answered = answer_dialogues(model, tokenizer, evaluation_dialogues(n, n_turns, seed), max_new_tokens=max_new_tokens)
-    return adherence_by_turn(answered), answered
+    answered = answer_dialogues(model, tokenizer, dialogues, max_new_tokens=max_new_tokens)
+    return adherence_by_turn(answered, judge), answered
 
 
 def finetune_gatt(

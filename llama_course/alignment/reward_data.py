@@ -5,10 +5,8 @@ The paper's annotators "write a prompt, and then choose between two sampled mode
 the chosen one is on the 4-level scale of `paper.STRENGTHS`. Here:
 
 - `sample_preference_pairs` does that with our models: for each prompt, two responses from two different
-  (model variant, temperature) arms, labelled by a toy-world `Annotator` (helpfulness or safety);
-- `toyworld.generate_preferences` gives pairs drawn from the toy world's graded candidate answers (the
-  reference, corrupted, padded, looping and refusing answers), which cover the whole quality range that a
-  1M-parameter model's samples do not;
+  (model variant, temperature) arms, labelled by the caller's annotator (a `PreferenceAnnotator`; the toy
+  world's, of helpfulness or safety, is `experiments.toyworld_data.preference_annotator`);
 - `encode_preferences` checks every row (an error names the offending row) and encodes both sides as the
   chat format's single turn `[INST] prompt [/INST] response </s>`, right-padded, for the trainer.
 """
@@ -17,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 import torch
@@ -27,10 +25,16 @@ from llama_course.generation import generate
 from llama_course.model import Llama
 from llama_course.paper import STRENGTHS
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import Annotator
 from llama_course.training.batches import TensorBlocks
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected", "strength")
+
+
+class PreferenceAnnotator(Protocol):
+    """Labels a pair (section 3.2.1): `compare` returns the `chosen` and `rejected` response and the `strength`
+    (one of `STRENGTHS`), and any other fields to record with the pair, as a mapping or an object's attributes."""
+
+    def compare(self, prompt: str, first: str, second: str) -> Any: ...
 
 
 def check_preference_row(row: Any, index: int) -> None:
@@ -106,20 +110,19 @@ def sample_preference_pairs(
     variants: Mapping[str, Llama],
     tokenizer: Tokenizer,
     prompts: Sequence[str],
+    annotator: PreferenceAnnotator,
     *,
     temperatures: Sequence[float] = (0.7, 1.0),
-    criterion: str = "helpfulness",
     max_new_tokens: int = 48,
     seed: int = 0,
-    noise_scale: float = 1.0,
     batch_size: int = 64,
 ) -> datasets.Dataset:
     """Preference pairs collected as in Llama 2 (section 3.2.1), one per prompt where the answers differ.
 
     Each prompt gets two different arms (model variant, temperature) drawn from `variants` x `temperatures`;
-    each arm samples one response, and an `Annotator(criterion)` picks the better one and rates the
-    strength. Pairs of identical responses are dropped (they carry no preference). Columns as
-    `toyworld.generate_preferences`, plus `arm_chosen` and `arm_rejected` (e.g. "sft@0.7").
+    each arm samples one response, and `annotator` picks the better one and rates the strength. Pairs of
+    identical responses are dropped (they carry no preference). Columns `prompt`, the annotator's fields
+    (`chosen`, `rejected`, `strength`, ...), `arm_chosen` and `arm_rejected` (e.g. "sft@0.7").
     """
     arms = [(name, temperature) for name in variants for temperature in temperatures]
     if len(arms) < 2:
@@ -137,19 +140,16 @@ def sample_preference_pairs(
                                eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed + 7919 * arm_index + start)
             for i, output in zip(chunk, outputs, strict=True):
                 responses[i, arm_index] = tokenizer.decode([t for t in output if t != tokenizer.eos_id]).strip()
-    annotator = Annotator(criterion, seed=seed + 1, noise_scale=noise_scale)
-    rows: dict[str, list] = {name: [] for name in ("prompt", "chosen", "rejected", "strength", "criterion",
-                                                   "score_chosen", "score_rejected", "flipped", "arm_chosen",
-                                                   "arm_rejected")}
+    rows = []
     for i, (first, second) in enumerate(assignment):
         text = {arm: responses[i, arm] for arm in (first, second)}
         if text[first] == text[second] or not text[first] or not text[second]:
             continue
         preference = annotator.compare(prompts[i], text[first], text[second])
-        chosen_arm = first if preference.chosen == text[first] else second
+        fields = dict(preference if isinstance(preference, Mapping) else vars(preference))
+        chosen_arm = first if fields["chosen"] == text[first] else second
         rejected_arm = second if chosen_arm == first else first
-        values = {**vars(preference), "prompt": prompts[i], "criterion": criterion,
-                  "arm_chosen": "{}@{}".format(*arms[chosen_arm]), "arm_rejected": "{}@{}".format(*arms[rejected_arm])}
-        for name, column in rows.items():
-            column.append(values[name])
-    return datasets.Dataset.from_dict(rows)
+        rows.append({"prompt": prompts[i], **fields, "arm_chosen": "{}@{}".format(*arms[chosen_arm]),
+                     "arm_rejected": "{}@{}".format(*arms[rejected_arm])})
+    columns = list(rows[0]) if rows else [*PREFERENCE_FIELDS, "arm_chosen", "arm_rejected"]
+    return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in columns})

@@ -30,14 +30,13 @@ from llama_course.alignment.reward import (
     preference_loss,
     score_responses,
 )
-from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
+from llama_course.alignment.reward_data import encode_preferences
 from llama_course.config import ModelConfig
 from llama_course.model import Llama
 from llama_course.model_files import CONFIG_FILE, read_model_folder, write_model_folder
 from llama_course.paper import STRENGTHS
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
-from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks
 from llama_course.training.trainer import Trainer, TrainerConfig
 
 SHIPPED_RMS = {"helpfulness": ASSETS_DIR / "rm_helpfulness", "safety": ASSETS_DIR / "rm_safety"}
@@ -55,7 +54,7 @@ class RewardConfig:
     margin: str = "small"  # Table 27: "none", "small" or "large"
     head: str = "scalar"  # "scalar" (the paper's) or "likelihood" (the answer's log-probability: reward.RewardModel)
     base: str = "auto"  # "auto" (sft if shipped, else base), a shipped model name, a folder, or random-tiny
-    pairs: int = 1500  # toy-world pairs over the graded candidate answers (generate_preferences)
+    pairs: int = 1500  # pairs over the toy world's graded candidate answers (experiments.toyworld_data)
     sampled_pairs: int = 1000  # prompts whose two answers are sampled from the base model at two temperatures
     helpfulness_mix: float = 0.1  # safety RM only: share of helpfulness pairs in its training data (Llama 2: 90/10)
     temperatures: list[float] = field(default_factory=lambda: [0.6, 1.0])
@@ -96,58 +95,20 @@ class RewardConfig:
                              device=self.device, autocast="off", progress=False, resume=False)
 
 
-def _prompts(criterion: str, n: int, seed: int) -> list[str]:
-    """Prompts for sampled pairs: safety prompts for the safety RM; else tasks, plus safety prompts 1 in 5."""
-    if criterion == "safety":
-        return list(generate_safety_prompts(n, seed=seed)["prompt"])
-    n_safety = n // 5
-    tasks = list(generate_tasks(n - n_safety, seed=seed)["prompt"])
-    return tasks + (list(generate_safety_prompts(n_safety, seed=seed)["prompt"]) if n_safety else [])
-
-
-def build_preferences(config: RewardConfig, model: Llama, tokenizer: Tokenizer
-                      ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(training pairs, held-out pairs): toy-world pairs plus pairs sampled from `model` at two temperatures."""
-    columns = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
-    train = generate_preferences(config.pairs, seed=config.seed, criterion=config.criterion,
-                                 noise_scale=config.noise_scale).select_columns(columns)
-    if config.sampled_pairs:
-        sampled = sample_preference_pairs({config.resolved_base(): model}, tokenizer,
-                                          _prompts(config.criterion, config.sampled_pairs, config.seed + 500),
-                                          temperatures=config.temperatures, criterion=config.criterion,
-                                          seed=config.seed, noise_scale=config.noise_scale)
-        train = datasets.concatenate_datasets([train, sampled.select_columns(columns)])
-    if config.criterion == "safety" and config.helpfulness_mix:
-        # Llama 2 (3.2.2) mixes 10% helpfulness data into the safety RM's: without it the RM never sees an
-        # ordinary task and scores many task answers as unsafe (measured: 45% below the 0.15 threshold; with the
-        # mix, 5%).
-        n_helpful = round(len(train) * config.helpfulness_mix / (1.0 - config.helpfulness_mix))
-        helpful = generate_preferences(n_helpful, seed=config.seed + 2000, criterion="helpfulness",
-                                       noise_scale=config.noise_scale).select_columns(columns)
-        train = datasets.concatenate_datasets([train, helpful])
-    held_out = generate_preferences(config.held_out, seed=config.seed + 1000, criterion=config.criterion,
-                                    noise_scale=config.noise_scale)
-    return train, held_out
-
-
-def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset] | None = None,
+def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset],
                        start: RewardModel | None = None) -> tuple[RewardModel, Tokenizer, dict[str, Any]]:
-    """Train an RM from `config.base` with the margin ranking loss; returns it (eval, CPU), its tokenizer and
-    its card (data, schedule, final loss, held-out accuracy by strength). `data` reuses prepared pairs;
+    """Train an RM from `config.base` with the margin ranking loss on `data` = (training pairs, held-out pairs),
+    rows of `reward_data.PREFERENCE_FIELDS` (e.g. `experiments.toyworld_data.reward_data(config)`); returns it
+    (eval, CPU), its tokenizer and its card (data, schedule, final loss, held-out accuracy by strength).
     `start` continues training that RM (e.g. the previous round's) instead of a new head on `config.base`.
     """
-    from llama_course.alignment.sft import load_base_model
-    from llama_course.toyworld import toy_tokenizer
+    from llama_course.alignment.sft import load_base_model, shipped_tokenizer
 
     torch.manual_seed(config.seed)
     if start is not None:
-        if data is None:
-            raise ValueError("continuing an RM (start=...) needs its training pairs: pass data=(train, held_out)")
-        model, tokenizer = start, toy_tokenizer()
+        model, tokenizer = start, shipped_tokenizer()
     else:
         backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
-        if data is None:
-            data = build_preferences(config, backbone, tokenizer)
         model = RewardModel(backbone, tokenizer.eos_id, config.head)
     train, held_out = data
     if model.head == "likelihood" and start is None:  # standardised on (up to) 256 training pairs
@@ -189,7 +150,7 @@ def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, An
 
 def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, Tokenizer]:
     """A shipped RM ("helpfulness" or "safety") or a folder written by `save_reward_model`, in eval mode."""
-    from llama_course.toyworld import toy_tokenizer
+    from llama_course.alignment.sft import shipped_tokenizer
 
     folder = SHIPPED_RMS.get(str(name), Path(name))
 
@@ -212,7 +173,7 @@ def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, To
         raise ValueError(f"{folder / CONFIG_FILE} has offset={model.offset!r}, scale={model.scale!r}: they must be "
                          "finite numbers and the scale positive")
     model.backbone.load_state_dict(weights, strict=True)
-    return model.eval(), toy_tokenizer()
+    return model.eval(), shipped_tokenizer()
 
 
 def reward_card(name: str | Path = "helpfulness") -> dict[str, Any]:
@@ -221,16 +182,14 @@ def reward_card(name: str | Path = "helpfulness") -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())["card"]
 
 
-def margin_study(config: RewardConfig, export: str | Path | None = None) -> dict[str, Any]:
-    """Train one RM per margin table on the same pairs and measure each (the Table 28 experiment).
+def margin_study(config: RewardConfig, data: tuple[datasets.Dataset, datasets.Dataset],
+                 export: str | Path | None = None) -> dict[str, Any]:
+    """Train one RM per margin table on the same pairs `data` (as `train_reward_model`'s) and measure each (the
+    Table 28 experiment).
 
     Exports the RM of `config.margin` to `export` and writes `margins.json` beside it: per margin, the
     held-out accuracy by strength and the held-out raw scores.
     """
-    from llama_course.alignment.sft import load_base_model
-
-    backbone, tokenizer = load_base_model(config.resolved_base(), config.max_tokens)
-    data = build_preferences(config, backbone, tokenizer)
     study: dict[str, Any] = {"criterion": config.criterion, "base": config.resolved_base(), "margins": {}}
     for margin in MARGINS:
         run = dataclasses.replace(config, margin=margin, output_dir=f"{config.output_dir}-{margin}")

@@ -23,28 +23,24 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 
-from llama_course.alignment.sft_data import (
-    OVERLONG_POLICIES,
-    encode_conversations,
-    pack_sft,
-    sft_conversations,
-)
+from llama_course.alignment.sft_data import OVERLONG_POLICIES, encode_conversations, pack_sft
 from llama_course.config import PRESETS
+from llama_course.config_files import build_config, read_config_file
 from llama_course.model import Llama
 from llama_course.model_files import write_model_folder
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
-from llama_course.training.pretrain import build_section
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
 
 SHIPPED_SFT_DIR = ASSETS_DIR / "sft"
+SHIPPED_TOKENIZER = ASSETS_DIR / "toy_tokenizer.model"  # the tokenizer of every shipped model ("toy" in config.json)
 RESULTS_FILE = "results.json"
 RANDOM_BASE = "random-tiny"  # an untrained tiny model: for tests and for a run before the base model exists
 
@@ -57,7 +53,7 @@ class SFTDataConfig:
     safety: int = 400  # unsafe and borderline requests with their reference answers
     validation: int = 200  # held-out conversations (same mix, another seed) for the validation loss
     seed: int = 0
-    task_families: list[str] | None = None  # None: every family of toyworld.tasks
+    task_families: list[str] | None = None  # None: every family of the toy world's tasks
     careless: float = 0.0  # share of task demonstrations with an annotator's slip (mistake or padding)
     block_size: int = 256  # tokens per packed block; longer conversations lose their last turns
     document_masking: bool = True  # conversations in a block do not attend to each other; positions restart
@@ -105,31 +101,15 @@ class SFTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SFTConfig:
-        unknown = sorted(set(values) - {"output_dir", "base", "epochs", "data", "trainer"})
-        if unknown:
-            raise ValueError(f"unknown SFT config keys {unknown}; the keys are output_dir, base, epochs, [data], "
-                             "[trainer]")
-        trainer_values = dict(values.get("trainer", {}))
-        if "steps" in trainer_values:
+        """The config of a nested table (a config file's): every key optional, unknown keys refused by name."""
+        if isinstance(values.get("trainer"), dict) and "steps" in values["trainer"]:
             raise ValueError("trainer.steps is derived from epochs in SFT: set epochs instead (e.g. epochs = 0.5)")
-        defaults = dataclasses.asdict(_default_trainer())
-        return cls(
-            output_dir=str(values.get("output_dir", cls.output_dir)),
-            base=str(values.get("base", cls.base)),
-            epochs=float(values.get("epochs", cls.epochs)),
-            data=build_section(SFTDataConfig, values.get("data", {}), "data"),
-            trainer=build_section(TrainerConfig, defaults | trainer_values, "trainer"),
-        )
+        return build_config(cls, values)
 
 
 def load_sft_config(path: str | Path | None = None) -> SFTConfig:
     """The SFT config of a TOML file (every key optional), or the defaults."""
-    if path is None:
-        return SFTConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no SFT config file at {str(path)!r}")
-    return SFTConfig.from_dict(tomllib.loads(path.read_text()))
+    return SFTConfig() if path is None else SFTConfig.from_dict(read_config_file(path))
 
 
 def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer]:
@@ -140,11 +120,10 @@ def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer
     preset, seeded with 0, untrained).
     """
     from llama_course.pretrained import load_pretrained_folder
-    from llama_course.toyworld import toy_tokenizer
 
     if base == RANDOM_BASE:
         torch.manual_seed(0)
-        tokenizer = toy_tokenizer()
+        tokenizer = shipped_tokenizer()
         config = dataclasses.replace(PRESETS["tiny"], vocab_size=tokenizer.vocab_size,
                                      max_seq_len=max(PRESETS["tiny"].max_seq_len, max_seq_len))
         return Llama(config), tokenizer
@@ -154,35 +133,34 @@ def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer
     if folder.is_dir():
         from llama_course.training.pretrain import load_trained_model
 
-        return load_trained_model(folder), toy_tokenizer()
+        return load_trained_model(folder), shipped_tokenizer()
     shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
     raise FileNotFoundError(f"base={base!r} is neither a shipped model ({shipped}), an exported folder, a training "
                             f"run, nor {RANDOM_BASE!r}; the base model ships once `llama-course pretrain` has run")
 
 
-def training_conversations(config: SFTDataConfig):
-    """The SFT training mix of `config` (a `datasets.Dataset` of conversations): same config, same rows."""
-    return sft_conversations(config.tasks, config.multi_turn, config.dialogues, config.safety, seed=config.seed,
-                             task_families=config.task_families, careless=config.careless)
+def shipped_tokenizer() -> Tokenizer:
+    """The tokenizer of the shipped models (the toy world's 1024 pieces), for models whose folder names none."""
+    return Tokenizer(SHIPPED_TOKENIZER)
 
 
-def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer):
-    """Packed training blocks and answer-masked validation blocks (`datasets.Dataset`s), from the toy world."""
-    counts = (config.tasks, config.multi_turn, config.dialogues, config.safety)
-    train = training_conversations(config)
-    share = config.validation / max(1, config.tasks + config.multi_turn + config.dialogues + config.safety)
-    held_out = sft_conversations(*(math.ceil(share * n) for n in counts), seed=config.seed + 1000,
-                                 task_families=config.task_families)
+def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer, train: datasets.Dataset,
+                     held_out: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Packed training blocks of the conversations `train` and answer-masked validation blocks of `held_out`
+    (rows of `messages`), as `config` says (block size, overlong policy, answer-only loss)."""
     encode = {"max_tokens": config.block_size, "overlong": config.overlong}
     train_blocks = pack_sft(encode_conversations(tokenizer, train, answers_only=config.answers_only, **encode),
                             config.block_size)
     # The validation loss is always on answer tokens, so both sides of the ablation are measured alike.
     validation_blocks = pack_sft(encode_conversations(tokenizer, held_out, **encode), config.block_size)
-    return train, train_blocks, validation_blocks
+    return train_blocks, validation_blocks
 
 
-def run_sft(config: SFTConfig) -> tuple[TrainingResult, Llama, Tokenizer]:
-    """Fine-tune `config.base` on the toy world's SFT mix; returns the result, the trained model and tokenizer.
+def run_sft(config: SFTConfig, train: datasets.Dataset, held_out: datasets.Dataset
+            ) -> tuple[TrainingResult, Llama, Tokenizer]:
+    """Fine-tune `config.base` on the conversations `train`, with the validation loss on `held_out` (rows of
+    `messages`; the toy world's mix is `experiments.toyworld_data.sft_data(config.data)`); returns the result,
+    the trained model and tokenizer.
 
     Resumes from `output_dir` when it holds a checkpoint. The model is returned in eval mode on the CPU.
     """
@@ -190,7 +168,7 @@ def run_sft(config: SFTConfig) -> tuple[TrainingResult, Llama, Tokenizer]:
     if model.config.max_seq_len < config.data.block_size:
         raise ValueError(f"data.block_size={config.data.block_size} exceeds the base model's context of "
                          f"{model.config.max_seq_len} tokens")
-    _, train_blocks, validation_blocks = build_sft_blocks(config.data, tokenizer)
+    train_blocks, validation_blocks = build_sft_blocks(config.data, tokenizer, train, held_out)
     trainer_config = dataclasses.replace(config.trainer, steps=config.steps_for(len(train_blocks)))
     columns = ["input_ids", "labels"] + (["document_ids"] if config.data.document_masking else [])
     trainer = Trainer(model, train_blocks, trainer_config, config.output_dir, eval_data=validation_blocks,

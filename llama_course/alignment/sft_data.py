@@ -4,9 +4,8 @@ Llama 2, section 3.1 ("Fine-Tuning Details"): "we zero-out the loss on tokens fr
 result, we backpropagate only on answer tokens", and "to ensure the model sequence length is properly filled,
 we concatenate all the prompts and answers from the training set". Here:
 
-- `sft_conversations` draws the toy world's training conversations: single-turn instruction tasks and
-  multi-turn task chats without a system message, dialogues under a system constraint (hobby, language,
-  public figure), and safe answers to unsafe or borderline requests;
+- the conversations are the caller's rows of `messages` (the toy world's mix of tasks, chats, dialogues under
+  a system constraint and safety requests is `experiments.toyworld_data.sft_conversations`);
 - `encode_conversations` renders each with `llama_course.chat.encode_dialog` (Meta's format, one BOS ... EOS
   call per turn) into `input_ids` and a `loss_mask` that is 1 exactly on the assistant answers (and the EOS
   closing each one, so the model learns to stop) in EVERY turn, 0 on BOS, `[INST] ... [/INST]`, the system
@@ -20,7 +19,6 @@ we concatenate all the prompts and answers from the training set". Here:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,70 +29,6 @@ from llama_course.data import pack_dataset
 from llama_course.tokenizer import Tokenizer
 
 OVERLONG_POLICIES = ("truncate", "error")
-
-
-def sft_conversations(
-    n_tasks: int,
-    n_multi_turn: int,
-    n_dialogues: int,
-    n_safety: int,
-    seed: int = 0,
-    task_families: Sequence[str] | None = None,
-    careless: float = 0.0,
-) -> datasets.Dataset:
-    """The toy world's SFT mix as a `datasets.Dataset` with columns `messages` and `source`. Same seed, same rows.
-
-    - `n_tasks` single-turn instruction tasks (`generate_tasks`, of `task_families` or all families), no
-      system message; source "task:<family>";
-    - with `careless` > 0, that share of the task answers (single-turn and in chats) is an annotator's slip
-      instead of the reference: a mistake or filler padding (`toyworld.annotators.write_demonstration`);
-    - `n_multi_turn` chats of 2 to 4 such tasks in a row, no system message; source "multi_turn";
-    - `n_dialogues` dialogues whose system message states constraints that every answer follows
-      (`generate_dialogues`, 2 to 4 turns); source "dialogue";
-    - `n_safety` unsafe and borderline requests with their reference answers (a refusal with an alternative,
-      or a helpful answer); source "safety:<category>".
-    """
-    from llama_course.toyworld import generate_dialogues, generate_safety_prompts, generate_tasks
-    from llama_course.toyworld.annotators import write_demonstration
-
-    for name, value in (("n_tasks", n_tasks), ("n_multi_turn", n_multi_turn), ("n_dialogues", n_dialogues),
-                        ("n_safety", n_safety)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r} must be an int >= 0")
-    rows: dict[str, list[Any]] = {"messages": [], "source": []}
-    writer = random.Random(seed + 4)  # the annotators' slips; drawn from only when careless > 0
-
-    def demonstration(task: Mapping[str, str]) -> list[dict[str, str]]:
-        return _exchange(task["prompt"], write_demonstration(task["prompt"], task["answer"], careless, writer))
-
-    def add(messages: list[dict[str, str]], source: str) -> None:
-        rows["messages"].append(messages)
-        rows["source"].append(source)
-
-    if n_tasks:
-        for task in generate_tasks(n_tasks, seed=seed, families=task_families):
-            add(demonstration(task), f"task:{task['category']}")
-    if n_multi_turn:
-        lengths = random.Random(seed + 1).choices(range(2, 5), k=n_multi_turn)
-        chained = generate_tasks(sum(lengths), seed=seed + 1, families=task_families)
-        start = 0
-        for length in lengths:
-            turns = chained.select(range(start, start + length))
-            add([m for task in turns for m in demonstration(task)], "multi_turn")
-            start += length
-    if n_dialogues:
-        for dialogue in generate_dialogues(n_dialogues, seed=seed + 2, n_turns=(2, 4)):
-            add(dialogue["messages"], "dialogue")
-    if n_safety:
-        for request in generate_safety_prompts(n_safety, seed=seed + 3):
-            add(_exchange(request["prompt"], request["answer"]), f"safety:{request['category']}")
-    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
-    features = datasets.Features({"messages": [message], "source": datasets.Value("string")})
-    return datasets.Dataset.from_dict(rows, features=features)
-
-
-def _exchange(prompt: str, answer: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
 def encode_conversation(

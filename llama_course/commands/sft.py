@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, load_sft_config, run_sft
 from llama_course.experiments.sft import measure_and_export
+from llama_course.experiments.toyworld_data import sft_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
     if args.ablation and args.export is None:
         raise ValueError("--ablation writes its results next to the exported model: add --export FOLDER")
     if args.export is None:
-        result, _, _ = run_sft(config)
+        result, _, _ = run_sft(config, *sft_data(config.data))
         print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")
         return
     summary = measure_and_export(config, args.export, eval_tasks=args.eval_tasks, ablation=args.ablation)

@@ -23,6 +23,7 @@ from llama_course.alignment.reward_train import (
     train_reward_model,
 )
 from llama_course.arguments import add_config_flags
+from llama_course.experiments.toyworld_data import reward_data
 from llama_course.paper import MARGINS
 
 
@@ -60,12 +61,12 @@ def run(args: argparse.Namespace) -> None:
     """Run `llama-course train-rm`."""
     config = config_from_args(args)
     if args.margin_study:
-        study = margin_study(config, args.export)
+        study = margin_study(config, reward_data(config), args.export)
         for margin, result in study["margins"].items():
             accuracies = {s: r["accuracy"] for s, r in result["by_strength"].items()}
             print(f"margin {margin}: held-out accuracy {result['accuracy']:.3f}, by strength {accuracies}")
         return
-    model, _, card = train_reward_model(config)
+    model, _, card = train_reward_model(config, reward_data(config))
     if args.export is not None:
         save_reward_model(model, args.export, card | {"held_out": held_out_summary(card["held_out"])})
     print(json.dumps({"base": config.resolved_base(), "steps": card["steps"], "final_loss": card["final_loss"],

@@ -30,23 +30,19 @@ from typing import Any
 import datasets
 import numpy as np
 
-from llama_course.alignment.gatt import (
-    build_gatt_data,
-    evaluation_dialogues,
-    finetune_gatt,
-    measure_adherence,
-)
+from llama_course.alignment.gatt import build_gatt_data, finetune_gatt, measure_adherence
 from llama_course.alignment.gatt_attention import attention_to_system, fit_to_context, mean_attention_by_turn
 from llama_course.alignment.sft import SHIPPED_SFT_DIR, SFTConfig, export_model, load_base_model, load_sft_config
-from llama_course.alignment.sft_data import sft_conversations
 from llama_course.alignment.sft_eval import helpfulness_by_family
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import cached_json, load_results_file
 from llama_course.experiments.sft import EVAL_SEED, JUDGE, training_prompts
+from llama_course.experiments.toyworld_data import evaluation_dialogues, gatt_dialogues, sft_conversations
 from llama_course.experiments.toyworld_judges import held_out_tasks
 from llama_course.model import Llama
 from llama_course.pretrained import ASSETS_DIR
 from llama_course.tokenizer import Tokenizer
+from llama_course.toyworld import adherence as toy_adherence
 
 SHIPPED_RESULTS = ASSETS_DIR / "gatt_results.json"
 COMMAND = "llama-course gatt --seeds 0 1 2 --results llama_course/assets/gatt_results.json"
@@ -117,8 +113,9 @@ def measure(model: Llama, tokenizer: Tokenizer, config: GAttConfig, tasks: datas
     """One model's measurements: adherence at every turn of each held-out dialogue (`adherence`, a list per
     dialogue), the first answered dialogue, held-out single-turn helpfulness per task, and (with `attention`)
     the Figure 10 quantities on teacher-forced reference dialogues."""
-    adherence, answered = measure_adherence(model, tokenizer, config.eval_dialogues, config.eval_turns,
-                                            max_new_tokens=config.max_new_tokens)
+    adherence, answered = measure_adherence(model, tokenizer,
+                                            evaluation_dialogues(config.eval_dialogues, config.eval_turns),
+                                            toy_adherence, max_new_tokens=config.max_new_tokens)
     helpfulness = [item.helpfulness for item in helpfulness_by_family(model, tokenizer, tasks, JUDGE)[1]]
     result = {"adherence": adherence, "helpfulness": helpfulness, "sample_dialogue": answered[0]}
     if attention:
@@ -154,9 +151,10 @@ def run_seed(config: GAttConfig, seed: int, output_dir: str | Path, *, base: Lla
     folder = Path(output_dir) / f"seed-{seed}"
 
     def sample() -> dict[str, Any]:
-        data = build_gatt_data(base, tokenizer, config.dialogues, seed=seed, n_turns=config.train_turns,
-                               turns=(1, None), answers=config.answers, samples_per_turn=config.samples_per_turn,
-                               max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+        data = build_gatt_data(base, tokenizer, gatt_dialogues(config.dialogues, seed, config.train_turns),
+                               toy_adherence, seed=seed, turns=(1, None), answers=config.answers,
+                               samples_per_turn=config.samples_per_turn, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature)
         return {"messages": list(data["messages"]), "turn": list(data["turn"])}
 
     data = cached_json(folder / "data.json", {f: getattr(config, f) for f in DATA_FIELDS}, sample)

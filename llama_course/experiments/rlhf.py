@@ -50,7 +50,6 @@ from llama_course.alignment.rejection import (
     sample_responses,
 )
 from llama_course.alignment.reward import HEADS, RewardModel, score_responses
-from llama_course.alignment.reward_data import sample_preference_pairs
 from llama_course.alignment.reward_train import (
     RewardConfig,
     load_reward_model,
@@ -60,6 +59,7 @@ from llama_course.alignment.reward_train import (
 from llama_course.alignment.sft import export_model, load_base_model
 from llama_course.alignment.sft_eval import answer_prompts
 from llama_course.experiments.ppo import train_ppo
+from llama_course.experiments.toyworld_data import sample_preference_pairs
 from llama_course.experiments.toyworld_judges import ppo_prompts, true_scores
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer

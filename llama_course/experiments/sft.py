@@ -16,15 +16,9 @@ from typing import Any
 
 import torch
 
-from llama_course.alignment.sft import (
-    RESULTS_FILE,
-    SFTConfig,
-    export_model,
-    load_base_model,
-    run_sft,
-    training_conversations,
-)
+from llama_course.alignment.sft import RESULTS_FILE, SFTConfig, export_model, load_base_model, run_sft
 from llama_course.alignment.sft_eval import helpfulness_by_family
+from llama_course.experiments.toyworld_data import sft_data, training_conversations
 from llama_course.experiments.toyworld_judges import held_out_tasks, true_reward
 from llama_course.training.metrics import read_metrics
 
@@ -62,7 +56,7 @@ def measure_and_export(
                                "curves": {}, "val_loss": {}, "samples": {}}
     shipped = None
     for name, variant in variants.items():
-        _, model, _ = run_sft(variant)
+        _, model, _ = run_sft(variant, *sft_data(variant.data))
         scores, answered = helpfulness_by_family(model, tokenizer, tasks, JUDGE)
         helpfulness[name] = scores
         results["curves"][name] = _curves(variant.output_dir)

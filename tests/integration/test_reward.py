@@ -20,10 +20,9 @@ from llama_course.alignment.reward import (
     unsafe_detection,
     whiten,
 )
-from llama_course.alignment.reward_data import encode_preferences, sample_preference_pairs
+from llama_course.alignment.reward_data import encode_preferences
 from llama_course.alignment.reward_train import (
     RewardConfig,
-    build_preferences,
     load_reward_model,
     save_reward_model,
     train_reward_model,
@@ -31,6 +30,7 @@ from llama_course.alignment.reward_train import (
 from llama_course.alignment.sft import load_base_model
 from llama_course.commands.train_rm import add_arguments, config_from_args
 from llama_course.config import ModelConfig
+from llama_course.experiments.toyworld_data import reward_data, reward_preferences, sample_preference_pairs
 from llama_course.model import Llama
 from llama_course.toyworld import STRENGTHS, generate_preferences, toy_tokenizer
 
@@ -179,7 +179,7 @@ def test_likelihood_rm_learns_pairs_and_round_trips(tmp_path):
     config = RewardConfig(base="base", head="likelihood", pairs=64, sampled_pairs=0, held_out=16, lr=1e-3,
                           noise_scale=0.0, output_dir=str(tmp_path / "run"))
     backbone, tokenizer = load_base_model("base")
-    data = build_preferences(config, backbone, tokenizer)
+    data = reward_preferences(config, backbone, tokenizer)
     batch = encode_preferences(tokenizer, data[0]).columns
     loss = preference_loss(config.margin)
 
@@ -280,7 +280,7 @@ def test_short_run_beats_chance_and_round_trips(tmp_path):
     # one standard error over 160 pairs is 0.04; this seed reaches about 0.75.
     config = RewardConfig(base="base", pairs=256, sampled_pairs=0, held_out=160, lr=1e-3, noise_scale=0.0,
                           output_dir=str(tmp_path / "run"))
-    model, tokenizer, card = train_reward_model(config)
+    model, tokenizer, card = train_reward_model(config, reward_data(config))
     assert card["steps"] == 16 and card["warmup_steps"] == 5
     assert card["held_out"]["accuracy"] > 0.68, card["held_out"]["by_strength"]
     save_reward_model(model, tmp_path / "rm", card)

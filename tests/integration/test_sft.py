@@ -17,11 +17,12 @@ from llama_course.alignment.sft import (
     load_sft_config,
     run_sft,
 )
-from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft, sft_conversations
+from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft
 from llama_course.alignment.sft_eval import helpfulness_by_family
 from llama_course.commands.sft import add_arguments, config_from_args
 from llama_course.config import ModelConfig
 from llama_course.experiments.sft import JUDGE, training_prompts
+from llama_course.experiments.toyworld_data import sft_conversations, sft_data
 from llama_course.experiments.toyworld_judges import held_out_tasks
 from llama_course.model import IGNORE_INDEX, Llama
 from llama_course.pretrained import ASSETS_DIR
@@ -171,7 +172,7 @@ def test_seeded_short_run_raises_held_out_helpfulness(tmp_path):
     tasks = held_out_tasks(60, seed=99, exclude=training_prompts(config), families=["kindness"])
     base_model, tokenizer = load_base_model(RANDOM_BASE)
     before, _ = helpfulness_by_family(base_model, tokenizer, tasks, JUDGE, max_new_tokens=16)
-    result, model, _ = run_sft(config)
+    result, model, _ = run_sft(config, *sft_data(config.data))
     after, answered = helpfulness_by_family(model, tokenizer, tasks, JUDGE, max_new_tokens=16)
     assert len(tasks) >= 25 and result.step == 12 and result.losses[-1] < result.losses[0] - 2.0
     assert after["kindness"] > before["kindness"] + 0.3, (before, after, answered[:3])

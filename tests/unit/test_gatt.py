@@ -23,7 +23,7 @@ from llama_course.chat import dialog_turns, encode_dialog
 from llama_course.config import PRESETS
 from llama_course.data import IGNORE_INDEX
 from llama_course.model import Llama
-from llama_course.toyworld import generate_dialogues, toy_tokenizer
+from llama_course.toyworld import adherence, generate_dialogues, toy_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +98,10 @@ def test_recall_by_turn_on_hand_made_dialogues():
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Soldiers, listen! I play chess."},
     ]
     # first: 1, 0; second: (0 + 1) / 2, (1 + 0.5) / 2, (1 + 1) / 2
-    assert adherence_by_turn([first, second]) == [[1.0, 0.0], [0.5, 0.75, 1.0]]
-    assert recall_by_turn([first, second]) == pytest.approx([(1 + 0.5) / 2, (0 + 0.75) / 2, 1.0])
+    assert adherence_by_turn([first, second], adherence) == [[1.0, 0.0], [0.5, 0.75, 1.0]]
+    assert recall_by_turn([first, second], adherence) == pytest.approx([(1 + 0.5) / 2, (0 + 0.75) / 2, 1.0])
     with pytest.raises(ValueError, match="system message"):
-        recall_by_turn([first[1:]])
+        recall_by_turn([first[1:]], adherence)
 
 
 def test_answer_dialogues_repeats_the_instruction_and_stops_at_the_context(model, tokenizer):
@@ -142,7 +142,7 @@ def test_a_judge_keeps_the_best_of_the_samples_of_every_turn(model, tokenizer):
 
 def test_rejection_keeps_only_samples_whose_learned_answer_follows_the_instruction(model, tokenizer, monkeypatch):
     def half_followed(model, tokenizer, dialogues, **kwargs):  # the reference answers, every second one spoiled
-        assert kwargs["judge"] is gatt.adherence and kwargs["samples_per_turn"] == 5
+        assert kwargs["judge"] is adherence and kwargs["samples_per_turn"] == 5
         out = [with_instruction_in_every_turn(d) for d in dialogues]
         for d in out:
             for position in range(4, len(d), 4):
@@ -150,14 +150,16 @@ def test_rejection_keeps_only_samples_whose_learned_answer_follows_the_instructi
         return out
 
     monkeypatch.setattr(gatt, "answer_dialogues", half_followed)
-    data = build_gatt_data(model, tokenizer, 6, seed=8, n_turns=3, turns=(1, None), samples_per_turn=5)
+    dialogues = generate_dialogues(6, seed=8, n_turns=3)["messages"]
+    data = build_gatt_data(model, tokenizer, dialogues, adherence, seed=8, turns=(1, None), samples_per_turn=5)
     assert sorted(data["turn"]) == [1] * 6 + [3] * 6  # turn 2 ("no.") rejected everywhere
     for messages in data["messages"]:
-        assert gatt.adherence(messages[0]["content"], messages[-1]["content"]) == 1.0
+        assert adherence(messages[0]["content"], messages[-1]["content"]) == 1.0
 
 
 def test_mix_blocks_keep_every_conversation_with_the_sft_loss(tokenizer):
-    from llama_course.alignment.sft_data import encode_conversation, sft_conversations
+    from llama_course.alignment.sft_data import encode_conversation
+    from llama_course.experiments.toyworld_data import sft_conversations
 
     mix = sft_conversations(5, 1, 1, 1, seed=0)
     blocks = mix_blocks(tokenizer, mix, 128)
@@ -177,14 +179,14 @@ def test_bad_arguments_raise_clear_errors(model, tokenizer, dialogue):
     with pytest.raises(ValueError, match="turns="):
         gatt_samples([dialogue], (0, None))
     with pytest.raises(ValueError, match="answers='oracle'"):
-        build_gatt_data(model, tokenizer, 1, answers="oracle")
+        build_gatt_data(model, tokenizer, [dialogue], adherence, answers="oracle")
     with pytest.raises(ValueError, match="samples_per_turn=0"):
         answer_dialogues(model, tokenizer, [dialogue], samples_per_turn=0)
 
 
 def test_reference_answers_build_last_turn_samples(model, tokenizer):
-    data = build_gatt_data(model, tokenizer, 4, seed=2, n_turns=(2, 3), answers="reference")
     source = generate_dialogues(4, seed=2, n_turns=(2, 3))
+    data = build_gatt_data(model, tokenizer, source["messages"], adherence, answers="reference")
     assert len(data) == sum(n - 1 for n in source["n_turns"])
     for row in data:
         assert (len(row["messages"]) - 1) // 2 == row["turn"] >= 2
@@ -223,7 +225,8 @@ def test_finetuning_on_gatt_samples_lowers_their_last_turn_loss(tokenizer, tmp_p
     config = dataclasses.replace(PRESETS["tiny"], vocab_size=tokenizer.vocab_size, dim=64, n_layers=2,
                                  max_seq_len=256)
     small = Llama(config)
-    data = build_gatt_data(small, tokenizer, 4, seed=4, n_turns=2, answers="reference")
+    data = build_gatt_data(small, tokenizer, generate_dialogues(4, seed=4, n_turns=2)["messages"], adherence,
+                           answers="reference")
     blocks = gatt_blocks(tokenizer, data, 256)
     batch = {column: torch.tensor(blocks[column]) for column in ("input_ids", "labels", "document_ids")}
 

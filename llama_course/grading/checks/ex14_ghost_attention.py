@@ -5,14 +5,17 @@ in the first turn only with the loss on the last turn) and Table 30 (attribute r
 """
 
 import copy
+import functools
 import random
 
 from llama_course.alignment.gatt import gatt_samples as reference_samples
-from llama_course.alignment.gatt import recall_by_turn as reference_recall
+from llama_course.alignment.gatt import recall_by_turn as judged_recall
 from llama_course.alignment.gatt import with_instruction_in_every_turn as reference_every_turn
 from llama_course.grading.assertions import assert_equal, raises_value_error
 from llama_course.grading.registry import Exercise
-from llama_course.toyworld.dialogues import generate_dialogues
+from llama_course.toyworld.dialogues import adherence, generate_dialogues
+
+reference_recall = functools.partial(judged_recall, judge=adherence)  # the exercise's recall judges with adherence
 
 EXERCISE = Exercise(chapter=14, name="14_ghost_attention", title="Ghost Attention")
 
@@ -114,4 +117,4 @@ def recall_is_1_for_reference_answers_and_0_for_empty_ones(recall_by_turn):
 
 EXERCISE.references("with_instruction_in_every_turn", reference_every_turn)
 EXERCISE.references("gatt_samples", reference_samples)
-EXERCISE.references("recall_by_turn", reference_recall)
+EXERCISE.references("recall_by_turn", judged_recall)
