@@ -22,15 +22,23 @@ from llama_course.alignment.reward import (
 )
 from llama_course.alignment.reward_data import encode_preferences
 from llama_course.alignment.reward_train import (
+    SHIPPED_RMS,
     RewardConfig,
+    evaluate_preferences,
     load_reward_model,
+    reward_card,
     save_reward_model,
     train_reward_model,
 )
 from llama_course.alignment.sft import load_base_model
 from llama_course.commands.train_rm import add_arguments, config_from_args
 from llama_course.config import ModelConfig
-from llama_course.experiments.toyworld_data import reward_data, reward_preferences, sample_preference_pairs
+from llama_course.experiments.toyworld_data import (
+    held_out_preferences,
+    reward_data,
+    reward_preferences,
+    sample_preference_pairs,
+)
 from llama_course.model import Llama
 from llama_course.toyworld import STRENGTHS, generate_preferences, toy_tokenizer
 
@@ -309,3 +317,18 @@ def test_train_rm_flags_build_the_config():
     assert (config.epochs, config.base) == (1.0, "auto")
     with pytest.raises(SystemExit):
         parser.parse_args(["--margin", "medium"])
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_RMS))
+def test_each_shipped_rm_reproduces_the_held_out_accuracy_its_card_records(name):
+    """Re-scored on the first 200 of the held-out pairs its card was measured on (rebuilt from the card's
+    reward_config), a shipped RM's accuracy agrees with the card's within 4 standard errors of a 200-pair subset
+    of that draw (binomial, with the finite-population correction): regenerating an RM needs no edit here."""
+    card = reward_card(name)
+    rows = held_out_preferences(RewardConfig(**card["reward_config"]))
+    recorded, subset = card["held_out"]["accuracy"], min(200, len(rows))
+    model, tokenizer = load_reward_model(name)
+    measured = evaluate_preferences(model, tokenizer, rows.select(range(subset)))["accuracy"]
+    standard_error = math.sqrt(recorded * (1 - recorded) * (1 / subset - 1 / len(rows)))
+    assert abs(measured - recorded) < 4 * standard_error + 1e-12, (measured, recorded, standard_error)
+    assert recorded > 0.5 + 4 * math.sqrt(0.25 / len(rows)), "the card's RM does not beat chance"

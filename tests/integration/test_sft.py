@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -10,11 +11,13 @@ import torch.nn.functional as F
 
 from llama_course.alignment.sft import (
     RANDOM_BASE,
+    SHIPPED_SFT_DIR,
     SFTConfig,
     SFTDataConfig,
     export_model,
     load_base_model,
     load_sft_config,
+    load_sft_results,
     run_sft,
 )
 from llama_course.alignment.sft_data import encode_conversation, encode_conversations, pack_sft
@@ -25,7 +28,7 @@ from llama_course.experiments.sft import JUDGE, training_prompts
 from llama_course.experiments.toyworld_data import sft_conversations, sft_data
 from llama_course.experiments.toyworld_judges import held_out_tasks
 from llama_course.model import IGNORE_INDEX, Llama
-from llama_course.pretrained import ASSETS_DIR
+from llama_course.pretrained import ASSETS_DIR, pretrained_card
 from llama_course.toyworld import toy_tokenizer
 from llama_course.training.trainer import causal_lm_loss
 
@@ -221,3 +224,23 @@ def test_careless_share_changes_only_task_answers_and_zero_keeps_the_mix():
 def test_every_shipped_sft_config_loads(path):
     config = load_sft_config(path)
     assert config.output_dir.startswith("runs/") and config.data.tasks > 0
+
+
+def test_shipped_sft_model_reproduces_the_held_out_helpfulness_its_card_records():
+    """Greedy answers to the first 40 of the held-out tasks the card was measured on (their count and seed read
+    from results.json) score the card's mean helpfulness within 4 standard errors of a 40-task subset of them
+    (with the finite-population correction): regenerating the SFT model needs no edit here."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    results = load_sft_results()
+    recorded = pretrained_card("sft")["card"]["held_out_helpfulness"]["sft"]["all"]
+    # a seed's tasks come in the same order however many are drawn, so these are the first of the card's tasks
+    tasks = held_out_tasks(results["eval_tasks"], results["eval_seed"],
+                           exclude=training_prompts(load_sft_config(SHIPPED_SFT_DIR / "sft.toml")))
+    subset = min(40, len(tasks))
+    model, tokenizer = load_base_model("sft")
+    scores = [item.helpfulness for item in helpfulness_by_family(model, tokenizer, tasks.select(range(subset)),
+                                                                 JUDGE)[1]]
+    mean = sum(scores) / subset
+    spread = math.sqrt(sum((score - mean) ** 2 for score in scores) / (subset - 1))
+    standard_error = spread * math.sqrt(1 / subset - 1 / results["eval_tasks"])
+    assert abs(mean - recorded) < 4 * standard_error + 1e-12, (mean, recorded, standard_error)
