@@ -2,7 +2,7 @@
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 
 def bounded_number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -25,8 +25,3 @@ def bounded_number(kind: type, low: float | None = None, high: float | None = No
 
     return parse
 
-
-def add_config_flags(parser: argparse.ArgumentParser, defaults: object, kind: type, names: Sequence[str]) -> None:
-    """`--field-name` flags of type `kind` for fields of a config dataclass, defaulting to `defaults`' values."""
-    for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))

@@ -11,56 +11,58 @@ measurement is kept under `--output-dir` as it finishes: rerun the same command 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 from llama_course.alignment.gatt import ANSWER_SOURCES
 from llama_course.alignment.sft import export_model, load_base_model
+from llama_course.config_files import add_config_arguments, add_config_flag, config_settings, load_config
 from llama_course.experiments.gatt import MODEL_FOLDER, GAttConfig, run_experiment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `llama-course gatt` flags (defaults: `GAttConfig`)."""
     defaults = GAttConfig()
-    parser.add_argument("--base", default=defaults.base, help="model to start from (see load_base_model)")
+    add_config_arguments(parser, defaults, name="GAttConfig")
+    add_config_flag(parser, defaults, "base", help="model to start from (see load_base_model)")
     parser.add_argument("--output-dir", default="runs/gatt", help="run directory (resumable: one folder per seed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment seeds (data and training)")
-    parser.add_argument("--dialogues", type=int, default=defaults.dialogues,
-                        help="training dialogues per seed, before rejection")
-    parser.add_argument("--train-turns", type=int, nargs=2, default=defaults.train_turns, metavar=("LOW", "HIGH"),
-                        help="user turns of each training dialogue")
-    parser.add_argument("--answers", choices=ANSWER_SOURCES, default=defaults.answers,
-                        help="rejection: sampled, kept when the adherence checker passes them; model: greedy, as "
-                             "they come; reference: the toy world's")
-    parser.add_argument("--samples-per-turn", type=int, default=defaults.samples_per_turn,
-                        help="answers sampled per turn for the rejection step")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="of those samples")
-    parser.add_argument("--sft-mix", type=int, default=defaults.sft_mix,
-                        help="conversations of the SFT mix replayed in both fine-tunings (0: none)")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over GAtt's blocks")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="blocks per step")
-    parser.add_argument("--eval-dialogues", type=int, default=defaults.eval_dialogues,
-                        help="held-out dialogues for recall")
-    parser.add_argument("--eval-turns", type=int, default=defaults.eval_turns, help="user turns of each")
-    parser.add_argument("--recall-turns", type=int, nargs=2, default=defaults.recall_turns, metavar=("LOW", "HIGH"),
-                        help="turns the headline recall averages")
-    parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks,
-                        help="held-out single-turn tasks for the helpfulness cost")
-    parser.add_argument("--attention-dialogues", type=int, default=defaults.attention_dialogues,
-                        help="reference dialogues for the attention picture")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="answer length limit")
+    add_config_flag(parser, defaults, "dialogues", type=int, help="training dialogues per seed, before rejection")
+    add_config_flag(parser, defaults, "train_turns", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                    help="user turns of each training dialogue")
+    add_config_flag(parser, defaults, "answers", choices=ANSWER_SOURCES,
+                    help="rejection: sampled, kept when the adherence checker passes them; model: greedy, as they "
+                         "come; reference: the toy world's")
+    add_config_flag(parser, defaults, "samples_per_turn", type=int, help="answers sampled per turn for the rejection "
+                    "step")
+    add_config_flag(parser, defaults, "temperature", type=float, help="of those samples")
+    add_config_flag(parser, defaults, "sft_mix", type=int,
+                    help="conversations of the SFT mix replayed in both fine-tunings (0: none)")
+    add_config_flag(parser, defaults, "epochs", type=float, help="passes over GAtt's blocks")
+    add_config_flag(parser, defaults, "lr", type=float, help="peak learning rate (cosine to 10%%)")
+    add_config_flag(parser, defaults, "batch_size", type=int, help="blocks per step")
+    add_config_flag(parser, defaults, "eval_dialogues", type=int, help="held-out dialogues for recall")
+    add_config_flag(parser, defaults, "eval_turns", type=int, help="user turns of each")
+    add_config_flag(parser, defaults, "recall_turns", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                    help="turns the headline recall averages")
+    add_config_flag(parser, defaults, "eval_tasks", type=int, help="held-out single-turn tasks for the helpfulness "
+                    "cost")
+    add_config_flag(parser, defaults, "attention_dialogues", type=int,
+                    help="reference dialogues for the attention picture")
+    add_config_flag(parser, defaults, "max_new_tokens", type=int, help="answer length limit")
     parser.add_argument("--results", type=Path, help="write the results (with 95%% intervals) as JSON here")
     parser.add_argument("--export", type=Path, metavar="FOLDER",
                         help="write the first seed's GAtt model into FOLDER (weights, config.json with its card)")
 
 
+def config_from_args(args: argparse.Namespace) -> GAttConfig:
+    """The `GAttConfig` of parsed flags: the config file, then the flags, then --set (the last one wins)."""
+    return load_config(GAttConfig, args.config, config_settings(args, GAttConfig()), args.overrides)
+
+
 def run(args: argparse.Namespace) -> None:
-    fields = {field.name for field in dataclasses.fields(GAttConfig)}
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()
-              if key in fields}
-    config = GAttConfig(**values)
+    config = config_from_args(args)
     start = time.time()
     results, _, _ = run_experiment(config, args.seeds, args.output_dir)
     summary = results["summary"]

@@ -24,7 +24,13 @@ import torch
 
 from llama_course.alignment.ppo_train import REWARDS, PPOConfig, load_ppo_models
 from llama_course.alignment.sft import export_model
-from llama_course.arguments import add_config_flags
+from llama_course.config_files import (
+    add_config_arguments,
+    add_config_flag,
+    add_config_flags,
+    config_settings,
+    load_config,
+)
 from llama_course.experiments.ppo import measure_experiments, plot_ppo_metrics, train_ppo
 from llama_course.experiments.toyworld_judges import ppo_prompts
 from llama_course.training.distributed import shutdown_distributed
@@ -33,6 +39,7 @@ from llama_course.training.distributed import shutdown_distributed
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course ppo` flags (defaults: `PPOConfig`)."""
     defaults = PPOConfig()
+    add_config_arguments(parser, defaults, name="PPOConfig")
     parser.add_argument("--policy", default="sft", help="shipped model name or exported folder to start from")
     parser.add_argument("--helpfulness-rm", default="helpfulness",
                         help="shipped RM name or a folder written by `train-rm --export`")
@@ -42,12 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      ("iterations", "batch_size", "minibatch_size", "max_new_tokens", "chunk_size", "seed"))
     add_config_flags(parser, defaults, float,
                      ("lr", "value_lr", "beta", "temperature", "missing_eos_penalty", "safety_threshold"))
-    parser.add_argument("--reward", choices=REWARDS, default=defaults.reward,
-                        help="safety-first (Llama 2), helpfulness (RM alone), true (the toy world's oracle)")
+    add_config_flag(parser, defaults, "reward", choices=REWARDS,
+                    help="safety-first (Llama 2), helpfulness (RM alone), true (the toy world's oracle)")
     parser.add_argument("--prompts", type=int, default=2000, help="size of the training prompt pool")
     parser.add_argument("--safety-fraction", type=float, default=0.25, help="share of unsafe/borderline prompts")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default=defaults.dtype)
+    add_config_flag(parser, defaults, "device", help="cpu, cuda, mps or auto")
+    add_config_flag(parser, defaults, "dtype", choices=["float32", "float64"])
     parser.add_argument("--output-dir", default="runs/ppo", help="metrics.jsonl and metrics.png go here")
     parser.add_argument("--save", type=Path, metavar="FOLDER", help="write the trained policy into FOLDER")
     parser.add_argument("--experiments", type=Path, metavar="FILE",
@@ -55,19 +62,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and write their results to FILE")
 
 
+def config_from_args(args: argparse.Namespace) -> PPOConfig:
+    """The `PPOConfig` of parsed flags: the config file, then the flags, then --set (the last one wins)."""
+    return load_config(PPOConfig, args.config, config_settings(args, PPOConfig()), args.overrides)
+
+
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course ppo`."""
+    config = config_from_args(args)
     if args.experiments is not None:
-        results = measure_experiments(args.output_dir, seed=args.seed)
+        results = measure_experiments(args.output_dir, seed=config.seed)
         args.experiments.parent.mkdir(parents=True, exist_ok=True)
         args.experiments.write_text(json.dumps(results) + "\n")
         print(json.dumps({name: {"before": run["held_out_before"], "after": run["held_out_after"]}
                           for name, run in results["runs"].items()}, indent=1))
         return
-    fields = {field.name for field in dataclasses.fields(PPOConfig)}
-    config = PPOConfig(**{name: value for name, value in vars(args).items() if name in fields})
     models, tokenizer = load_ppo_models(args.policy, args.helpfulness_rm, args.safety_rm)
-    history = train_ppo(models, tokenizer, ppo_prompts(args.prompts, args.seed + 1, args.safety_fraction), config,
+    history = train_ppo(models, tokenizer, ppo_prompts(args.prompts, config.seed + 1, args.safety_fraction), config,
                         args.output_dir, on_iteration=lambda row: print(json.dumps(row), flush=True))
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         plot_ppo_metrics(history, Path(args.output_dir) / "metrics.png")

@@ -5,19 +5,17 @@
 """
 
 import argparse
-import dataclasses
 import json
-from pathlib import Path
 
 from llama_course.config import PRESETS
-from llama_course.training.pretrain import PretrainConfig, load_config, run_pretraining
+from llama_course.config_files import add_config_arguments, flag_settings, load_config
+from llama_course.training.pretrain import PretrainConfig, run_pretraining
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course pretrain` flags; every config key is also settable with --set section.key=value."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys (TOML file or --set), with defaults:\n" + _describe_keys()
-    parser.add_argument("--config", type=Path, help="a TOML or JSON config file (see the keys below)")
+    add_config_arguments(parser, PretrainConfig(), name="pretraining config",
+                         notes={"model": "a preset, then any ModelConfig field, e.g. model.dim = 256"})
     parser.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, metrics.png")
     parser.add_argument("--preset", help=f"model preset, one of {', '.join(PRESETS)}")
     parser.add_argument("--steps", type=int, help="optimizer steps")
@@ -34,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation-checkpointing", choices=["none", "selective", "selective-policy", "full"],
                         help="recompute activations in backward (selective: Llama 1's hand-written backward)")
     parser.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set trainer.warmup_steps=100 (repeatable)")
     parser.add_argument("--force-resume", action="store_true", default=None,
                         help="resume even though the model, tokenizer, data, block size or batch differ from the "
                              "checkpoint's (they are refused otherwise; lr, steps, logging, evaluation may change)")
@@ -44,29 +40,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
 
 
-_FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
-              "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
-              "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
-              "tensor_parallel": "trainer.tensor_parallel",
-              "compile": "trainer.compile", "seed": "trainer.seed", "force_resume": "trainer.force_resume",
-              "collective_timeout": "trainer.collective_timeout",
-              "activation_checkpointing": "trainer.activation_checkpointing"}
+FLAG_KEYS = {"output_dir": "output_dir", "preset": "model.preset", "steps": "trainer.steps", "lr": "trainer.lr",
+             "batch_size": "trainer.micro_batch_size", "grad_accum": "trainer.grad_accum_steps",
+             "block_size": "data.block_size", "device": "trainer.device", "parallelism": "trainer.parallelism",
+             "tensor_parallel": "trainer.tensor_parallel", "compile": "trainer.compile", "seed": "trainer.seed",
+             "force_resume": "trainer.force_resume", "collective_timeout": "trainer.collective_timeout",
+             "activation_checkpointing": "trainer.activation_checkpointing"}
 
 
-def _describe_keys() -> str:
-    lines = ["  output_dir = \"runs/pretrain\"", "  model.preset = \"tiny\"  (and any ModelConfig field)"]
-    defaults = PretrainConfig()
-    for section, instance in (("data", defaults.data), ("trainer", defaults.trainer)):
-        lines += [f"  {section}.{f.name} = {json.dumps(getattr(instance, f.name))}"
-                  for f in dataclasses.fields(instance)]
-    return "\n".join(lines)
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """The `PretrainConfig` of parsed flags: the config file, then the flags, then --set (the last one wins)."""
+    return load_config(PretrainConfig, args.config, flag_settings(args, FLAG_KEYS), args.overrides)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course pretrain`: config file, then flags, then --set overrides (the last one wins)."""
-    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in _FLAG_KEYS.items()
-                 if getattr(args, flag, None) is not None]
-    config = load_config(args.config, overrides + list(args.overrides))
+    config = config_from_args(args)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return

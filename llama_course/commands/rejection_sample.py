@@ -19,7 +19,13 @@ from pathlib import Path
 from llama_course.alignment.rejection import RejectionConfig, reward_model_scorer
 from llama_course.alignment.reward_train import load_reward_model
 from llama_course.alignment.sft import export_model, load_base_model
-from llama_course.arguments import add_config_flags
+from llama_course.config_files import (
+    add_config_arguments,
+    add_config_flag,
+    add_config_flags,
+    config_settings,
+    load_config,
+)
 from llama_course.experiments.rejection_sampling import measure_figures, rejection_sampling
 from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.toyworld import generate_tasks
@@ -28,6 +34,7 @@ from llama_course.toyworld import generate_tasks
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course rejection-sample` flags (defaults: `RejectionConfig`)."""
     defaults = RejectionConfig()
+    add_config_arguments(parser, defaults, name="RejectionConfig")
     parser.add_argument("--policy", default="sft", help="shipped model name or exported folder that samples")
     parser.add_argument("--reward", default="helpfulness",
                         help="shipped RM (helpfulness, safety), an RM folder, or 'true' for the toy world's oracle")
@@ -36,10 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out", type=int, default=32, help="held-out prompts for greedy evaluation")
     add_config_flags(parser, defaults, int,
                      ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"))
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--no-pool", action="store_true", help="train each iteration on its own best answers only")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
+    add_config_flag(parser, defaults, "temperature", type=float)
+    add_config_flag(parser, defaults, "lr", type=float, help="peak learning rate (cosine to 10%%)")
+    parser.add_argument("--no-pool", dest="pool", action="store_const", const=False,
+                        help="train each iteration on its own best answers only (pool = false)")
+    add_config_flag(parser, defaults, "device", help="cpu, cuda, mps or auto")
     parser.add_argument("--output-dir", default="runs/rejection", help="fine-tuning runs (checkpoints, metrics)")
     parser.add_argument("--figure-prompts", type=int, default=16, help="held-out prompts behind Figures 7 and 8")
     parser.add_argument("--figures", type=Path, metavar="FILE", help="also measure chapter 12's figures into FILE")
@@ -47,19 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the tuned model into FOLDER (weights; config.json whose card holds the history)")
 
 
+def config_from_args(args: argparse.Namespace) -> RejectionConfig:
+    """The `RejectionConfig` of parsed flags: the config file, then the flags, then --set (the last one wins)."""
+    return load_config(RejectionConfig, args.config, config_settings(args, RejectionConfig()), args.overrides)
+
+
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course rejection-sample`."""
     if args.figures is not None and args.export is not None:
         raise ValueError("--figures writes results only; run --export FOLDER without --figures to keep the model")
-    config = RejectionConfig(iterations=args.iterations, samples=args.samples, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
-                             block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
-                             pool=not args.no_pool)
+    config = config_from_args(args)
     policy, tokenizer = load_base_model(args.policy)
     scorer = true_reward if args.reward == "true" else reward_model_scorer(load_reward_model(args.reward)[0], tokenizer)
-    prompts = list(generate_tasks(args.prompts, seed=args.seed + 2000)["prompt"])
+    prompts = list(generate_tasks(args.prompts, seed=config.seed + 2000)["prompt"])
     training = set(prompts)
-    held_out = [p for p in generate_tasks(args.held_out, seed=args.seed + 3000)["prompt"] if p not in training]
+    held_out = [p for p in generate_tasks(args.held_out, seed=config.seed + 3000)["prompt"] if p not in training]
     if args.figures is not None:
         results = measure_figures(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
                                   figure_prompts=args.figure_prompts)

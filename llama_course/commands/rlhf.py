@@ -20,20 +20,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from llama_course.config_files import add_config_arguments, flag_settings, load_config
 from llama_course.experiments.rlhf import RLHFConfig, run_rlhf, summarize_policy
 from llama_course.experiments.rlhf_results import write_results
-from llama_course.training.pretrain import read_config_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys (RLHFConfig): " + ", ".join(f.name for f in dataclasses.fields(RLHFConfig))
-    parser.add_argument("--config", type=Path, help="a TOML file of RLHFConfig keys ([ppo] holds PPOConfig keys)")
+    add_config_arguments(parser, RLHFConfig(), name="RLHFConfig", skip=("seed",),
+                         notes={"ppo": "a [ppo] table of PPOConfig keys, e.g. ppo.beta = 0.1"})
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="experiment seeds, run one after another")
     parser.add_argument("--rounds", type=int, help="versions V1..Vk (the last one PPO when ppo_last)")
     parser.add_argument("--output-dir", help="where each seed's rounds are written (default runs/rlhf)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set rs_samples=16 --set ppo.beta=0.1")
     parser.add_argument("--results", type=Path, metavar="FILE",
                         help="after the runs, write the summary over every finished seed to FILE")
     parser.add_argument("--overoptimisation", type=Path, metavar="FILE",
@@ -42,15 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, seed: int) -> RLHFConfig:
-    values: dict[str, Any] = read_config_values(args.config, args.overrides)
-    for name in ("rounds", "output_dir"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    known = {f.name for f in dataclasses.fields(RLHFConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown rlhf config keys {unknown}; the keys are {sorted(known)}")
-    return RLHFConfig(**(values | {"seed": seed}))
+    """The `RLHFConfig` of one seed: file, then --rounds and --output-dir, then --set (the seed from --seeds)."""
+    flags = flag_settings(args, {"rounds": "rounds", "output_dir": "output_dir"})
+    return dataclasses.replace(load_config(RLHFConfig, args.config, flags, args.overrides), seed=seed)
 
 
 def _print_round(report: dict[str, Any]) -> None:

@@ -11,22 +11,25 @@ import argparse
 import json
 from pathlib import Path
 
-from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, load_sft_config, run_sft
+from llama_course.alignment.sft import RANDOM_BASE, SFTConfig, run_sft
+from llama_course.config_files import add_config_arguments, config_values, flag_settings
 from llama_course.experiments.sft import measure_and_export
 from llama_course.experiments.toyworld_data import sft_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `llama-course sft` flags (they override the config file)."""
-    parser.add_argument("--config", type=Path, help="a TOML file: output_dir, base, epochs, [data], [trainer]")
+    """The `llama-course sft` flags (they override the config file; --set overrides them)."""
+    add_config_arguments(parser, SFTConfig(), name="SFT config", skip=("trainer.steps",),
+                         notes={"epochs": "decides trainer.steps"})
     parser.add_argument("--output-dir", help="run directory: checkpoints and metrics.jsonl")
     parser.add_argument("--base", help=f"shipped model name, exported folder, run directory, or {RANDOM_BASE}")
     parser.add_argument("--epochs", type=float, help="passes over the packed SFT blocks (paper: 2)")
     parser.add_argument("--lr", type=float, help="peak learning rate (cosine to 10%%)")
     parser.add_argument("--batch-size", type=int, help="blocks per micro-batch")
     parser.add_argument("--block-size", type=int, help="tokens per packed block")
-    parser.add_argument("--all-tokens", action="store_true", help="loss on every token (the ablation)")
-    parser.add_argument("--no-document-masking", action="store_true",
+    parser.add_argument("--all-tokens", dest="answers_only", action="store_const", const=False,
+                        help="loss on every token (the ablation; data.answers_only = false)")
+    parser.add_argument("--no-document-masking", dest="document_masking", action="store_const", const=False,
                         help="let packed conversations attend to each other (positions not reset)")
     parser.add_argument("--device", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, help="data order seed")
@@ -38,20 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config (JSON) and exit")
 
 
+FLAG_KEYS = {"output_dir": "output_dir", "base": "base", "epochs": "epochs", "lr": "trainer.lr",
+             "batch_size": "trainer.micro_batch_size", "block_size": "data.block_size", "device": "trainer.device",
+             "seed": "trainer.seed", "answers_only": "data.answers_only", "document_masking": "data.document_masking"}
+
+
 def config_from_args(args: argparse.Namespace) -> SFTConfig:
-    values = json.loads(json.dumps(load_sft_config(args.config).to_dict()))
-    for flag, (section, key) in {"output_dir": (None, "output_dir"), "base": (None, "base"),
-                                 "epochs": (None, "epochs"), "lr": ("trainer", "lr"),
-                                 "batch_size": ("trainer", "micro_batch_size"), "block_size": ("data", "block_size"),
-                                 "device": ("trainer", "device"), "seed": ("trainer", "seed")}.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            (values[section] if section else values)[key] = value
-    if args.all_tokens:
-        values["data"]["answers_only"] = False
-    if args.no_document_masking:
-        values["data"]["document_masking"] = False
-    return SFTConfig.from_dict(values)
+    """The `SFTConfig` of parsed flags: the config file, then the flags, then --set (the last one wins)."""
+    return SFTConfig.from_dict(config_values(args.config, flag_settings(args, FLAG_KEYS), args.overrides))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -22,7 +22,14 @@ from llama_course.alignment.reward_train import (
     save_reward_model,
     train_reward_model,
 )
-from llama_course.arguments import add_config_flags
+from llama_course.config_files import (
+    add_config_arguments,
+    add_config_flag,
+    add_config_flags,
+    build_config,
+    config_settings,
+    config_values,
+)
 from llama_course.experiments.toyworld_data import reward_data
 from llama_course.paper import MARGINS
 
@@ -30,18 +37,19 @@ from llama_course.paper import MARGINS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course train-rm` flags (defaults: `RewardConfig`)."""
     defaults = RewardConfig()
-    parser.add_argument("--criterion", choices=["helpfulness", "safety"], default=defaults.criterion)
-    parser.add_argument("--margin", choices=list(MARGINS), default=defaults.margin, help="Table 27 margin")
-    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="scalar (the paper's regression "
-                        "head) or likelihood (scores the answer's log-probability under the backbone)")
-    parser.add_argument("--base", default=defaults.base, help="auto (sft if shipped, else base), a shipped model "
-                        "name, an exported folder, a training run, or random-tiny")
+    add_config_arguments(parser, defaults, name="RewardConfig", notes={"output_dir": "unset: runs/rm-CRITERION"})
+    add_config_flag(parser, defaults, "criterion", choices=["helpfulness", "safety"])
+    add_config_flag(parser, defaults, "margin", choices=list(MARGINS), help="Table 27 margin")
+    add_config_flag(parser, defaults, "head", choices=HEADS, help="scalar (the paper's regression head) or "
+                    "likelihood (scores the answer's log-probability under the backbone)")
+    add_config_flag(parser, defaults, "base", help="auto (sft if shipped, else base), a shipped model name, an "
+                    "exported folder, a training run, or random-tiny")
     add_config_flags(parser, defaults, int, ("pairs", "sampled_pairs", "held_out", "batch_size", "seed"))
-    parser.add_argument("--helpfulness-mix", type=float, default=defaults.helpfulness_mix,
-                        help="safety RM: share of helpfulness pairs in its data (paper: 0.1)")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the pairs (paper: 1)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (cosine to 10%%)")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, mps or auto")
+    add_config_flag(parser, defaults, "helpfulness_mix", type=float,
+                    help="safety RM: share of helpfulness pairs in its data (paper: 0.1)")
+    add_config_flag(parser, defaults, "epochs", type=float, help="passes over the pairs (paper: 1)")
+    add_config_flag(parser, defaults, "lr", type=float, help="peak learning rate (cosine to 10%%)")
+    add_config_flag(parser, defaults, "device", help="cpu, cuda, mps or auto")
     parser.add_argument("--output-dir", help="run directory (default runs/rm-CRITERION)")
     parser.add_argument("--export", type=Path, metavar="FOLDER", help="write the trained RM into FOLDER")
     parser.add_argument("--margin-study", action="store_true",
@@ -49,12 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RewardConfig:
-    """The `RewardConfig` of parsed `llama-course train-rm` flags."""
-    return RewardConfig(criterion=args.criterion, margin=args.margin, head=args.head, base=args.base,
-                        pairs=args.pairs, sampled_pairs=args.sampled_pairs, held_out=args.held_out,
-                        batch_size=args.batch_size, helpfulness_mix=args.helpfulness_mix, seed=args.seed,
-                        epochs=args.epochs, lr=args.lr, device=args.device,
-                        output_dir=args.output_dir or f"runs/rm-{args.criterion}")
+    """The `RewardConfig` of parsed `llama-course train-rm` flags: file, then flags, then --set; an unset output_dir
+    is runs/rm-CRITERION."""
+    values = config_values(args.config, config_settings(args, RewardConfig()), args.overrides)
+    values.setdefault("output_dir", f"runs/rm-{values.get('criterion', RewardConfig.criterion)}")
+    return build_config(RewardConfig, values)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -21,8 +21,6 @@ A config file (every key optional; the defaults are below):
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ from typing import Any
 import torch
 
 from llama_course.config import PRESETS, ModelConfig
+from llama_course.config_files import build_config
+from llama_course.config_files import load_config as load_config_file
 from llama_course.model import Llama
 from llama_course.model_files import load_model_weights
 from llama_course.training.checkpoint import (
@@ -84,78 +84,13 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        known = {"output_dir", "model", "data", "trainer"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown pretraining config keys {unknown}; the sections are {sorted(known)}")
-        model = values.get("model", {"preset": "tiny"})
-        if not isinstance(model, dict):
-            raise ValueError(f"[model] must be a table of keys (a preset and ModelConfig fields), got {model!r}")
-        return cls(
-            output_dir=str(values.get("output_dir", cls.output_dir)),
-            model=dict(model),
-            data=build_section(DataConfig, values.get("data", {}), "data"),
-            trainer=build_section(TrainerConfig, values.get("trainer", {}), "trainer",
-                                  defaults={"lr": 1e-3, "warmup_steps": 50}),
-        )
-
-
-def build_section(cls: type, values: dict[str, Any], section: str, defaults: dict[str, Any] | None = None) -> Any:
-    """The config dataclass `cls` from one [section] of a config file (over `defaults`), rejecting unknown keys
-    by name and values whose type is not the field default's (an int where a float is expected is fine)."""
-    if not isinstance(values, dict):
-        raise ValueError(f"[{section}] must be a table of keys, got {values!r}")
-    values = (defaults or {}) | values
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown keys {unknown} in [{section}]; the known keys are {sorted(fields)}")
-    for name, value in values.items():
-        default = fields[name].default
-        if default is dataclasses.MISSING or default is None:
-            continue
-        kind = type(default)
-        fits = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else (
-            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
-        if not fits:
-            raise ValueError(f"{section}.{name}={value!r} must be of type {kind.__name__} (default {default!r})")
-    return cls(**values)
-
-
-def read_config_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The values of a TOML (`.toml`) or JSON file, with `section.key=value` overrides applied (values parsed as
-    TOML, a bare word as a string); any run's config dataclass is then built from them."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config file at {str(path)!r}")
-        text = path.read_text()
-        try:
-            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except ValueError as error:  # JSONDecodeError, TOMLDecodeError
-            raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a table of settings, not a {type(values).__name__}")
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {override!r} must look like section.key=value, e.g. trainer.lr=3e-4")
-        *sections, name = key.strip().split(".")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()  # a bare word: a string
-        table = values
-        for section in sections:
-            table = table.setdefault(section, {})
-        table[name] = value
-    return values
+        """The config of a nested table (a config file's): every key optional, unknown keys refused by name."""
+        return build_config(cls, values)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """Read a TOML (`.toml`) or JSON file, then apply `section.key=value` overrides (values parsed as TOML)."""
-    return PretrainConfig.from_dict(read_config_values(path, overrides))
+    return load_config_file(PretrainConfig, path, overrides=overrides)
 
 
 def _load_tokenizer(spec: str):

@@ -48,7 +48,7 @@ def test_file_then_set_overrides_with_the_last_one_winning(tmp_path):
 
 
 def test_unknown_keys_are_named_in_the_error(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown keys \['lr_peak'\] in \[trainer\]"):
+    with pytest.raises(ValueError, match=r"unknown config key trainer\.lr_peak in \[trainer\]"):
         load_config(None, ["trainer.lr_peak=1"])
     with pytest.raises(ValueError, match="model.preset='llama3'"):
         load_config(None, ["model.preset=llama3"]).model_config(1024)

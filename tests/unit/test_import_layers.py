@@ -22,6 +22,7 @@ LAYERS = {
     "chat": (1, "the Llama 2 chat format and its answer mask, over the tokenizer"),
     "data": (1, "packing token streams into training blocks, over the tokenizer"),
     "arguments": (1, "argparse types that refuse a bad flag, for every command wherever it lives"),
+    "config_files": (1, "one way to configure: a config dataclass from a TOML file, flags and --set"),
     "toyworld": (1, "the stand-in data and its ground-truth checkers, built on the tokenizer and chat format only"),
     "paper": (1, "Llama 2's published constants, for the algorithms that define them and the toy world alike"),
     "model": (2, "the Llama itself, built from the layers"),
