@@ -208,4 +208,5 @@ def test_the_checker_sees_lazy_imports_strings_and_launches():
     assert imports("llama_course.data", source) == [
         ("llama_course.layers", 2), ("llama_course.model", 4), ("llama_course.generation", 5),
         ("llama_course.training.pretrain", 6), ("llama_course.reproduce", 7)]
-    assert {"llama_course.commands.sft", "llama_course.commands.presets"} <= {target for target, _ in GRAPH["llama_course.cli"]}
+    assert {"llama_course.commands.sft", "llama_course.commands.presets"} <= {
+        target for target, _ in GRAPH["llama_course.cli"]}
