@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -108,6 +109,8 @@ def _check(value: Any, kind: Any, key: str) -> Any:
         return dict(value)
     if kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{key}={value!r} is not a finite number")
             return float(value)
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -76,6 +76,7 @@ def test_unknown_keys_are_refused_with_the_valid_keys():
     ({"optimizer": {"betas": 0.9}}, "optimizer.betas=0.9 must be a list"),
     ({"optimizer": 3}, r"\[optimizer\] must be a table of keys"),
     ({"steps": 0}, "steps=0 must be at least 1"),
+    ({"optimizer": {"lr": float("nan")}}, "optimizer.lr=nan is not a finite number"),
 ])
 def test_bad_values_are_refused_by_key(values, message):
     with pytest.raises(ValueError, match=message):
