@@ -175,6 +175,42 @@ def test_imports_run_downward_only():
         f"{where(source, target)}: layer {layer_of(source)} -> {layer_of(target)}" for source, target in sorted(found))
 
 
+# Algorithms take their data, tokenizer, annotators and judges as arguments; the toy world is one provider of them,
+# wired in by `experiments/` (toyworld_data, toyworld_judges) and the commands.
+TOY_WORLD_FREE = ("alignment", "evaluation", "training")
+# Modules that still import the toy world, until they take it as arguments too: the evaluation's simulated raters
+# and held-out prompts (judges.ToyRater, safety.SafetyRater, report.evaluation_prompts) and pretraining's corpus
+# and tokenizer by name. Nothing may join this list; a module leaves it once it is free.
+TOY_WORLD_PENDING = {"llama_course.evaluation.judges", "llama_course.evaluation.report",
+                     "llama_course.evaluation.safety", "llama_course.training.pretrain"}
+
+
+def toy_world_imports() -> dict[str, list[str]]:
+    """Where each module of `TOY_WORLD_FREE` imports `llama_course.toyworld` (lazy imports and strings included)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for source, targets in sorted(GRAPH.items()):
+        if source.split(".")[1:2] in ([name] for name in TOY_WORLD_FREE):
+            for target, line in targets:
+                place = f"{MODULES[source].relative_to(PACKAGE.parent)}:{line} ({source} -> {target})"
+                if target.split(".")[1] == "toyworld" and place not in found[source]:
+                    found[source].append(place)
+    return {source: places for source, places in found.items() if places}
+
+
+def test_algorithms_do_not_import_the_toy_world():
+    found = toy_world_imports()
+    new = [place for source, places in found.items() if source not in TOY_WORLD_PENDING for place in places]
+    assert not new, ("algorithms import the toy world; take its data, tokenizer, annotator or judge as an argument "
+                     "and pass the toy world's from experiments/ or the command:\n" + "\n".join(new))
+    assert TOY_WORLD_PENDING <= found.keys(), (
+        f"{sorted(TOY_WORLD_PENDING - found.keys())} no longer import the toy world: take them off TOY_WORLD_PENDING")
+
+
+def test_the_toy_world_rule_sees_a_lazy_import():
+    source = "def f():\n    from llama_course.toyworld import adherence\n"
+    assert imports("llama_course.alignment.gatt", source) == [("llama_course.toyworld", 2)]
+
+
 def loop_through(component: list[str]) -> list[str]:
     """A shortest circle of imports from the first module of `component` back to it (breadth-first)."""
     start = component[0]
