@@ -175,15 +175,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: Any, *, name
                          skip: Sequence[str] = (), notes: Mapping[str, str] | None = None) -> None:
     """`--config FILE` and `--set KEY=VALUE` on `parser`, and an epilog listing every key of the config instance
     `defaults` (but `skip`) with its default and its note in `notes`, if any."""
+    keys = [(key, value) for key, value in config_keys(defaults) if key not in skip]
+    numbers = [(key, value) for key, value in keys if isinstance(value, int | float) and not isinstance(value, bool)]
+    example = min(numbers or keys, key=lambda item: "." not in item[0])  # a section's key if there is one
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"a TOML (or JSON) file of {name} keys (listed below); flags and --set override it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="set any config key, e.g. --set lr=3e-4 or --set section.key=value (repeatable; "
+                        help=f"set any config key, e.g. --set {example[0]}={_toml(example[1])} (repeatable; "
                              "overrides the file and the flags)")
     notes = notes or {}
-    lines = [f"  {key} = {_toml(value)}" + (f"  ({notes[key]})" if key in notes else "")
-             for key, value in config_keys(defaults) if key not in skip]
+    lines = [f"  {key} = {_toml(value)}" + (f"  ({notes[key]})" if key in notes else "") for key, value in keys]
     parser.epilog = f"{name} keys (a TOML file's [section] for a dotted key), with defaults:\n" + "\n".join(lines)
 
 
