@@ -15,7 +15,7 @@ from llama_course.training.pretrain import PretrainConfig, run_pretraining
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course pretrain` flags; every config key is also settable with --set section.key=value."""
     add_config_arguments(parser, PretrainConfig(), name="pretraining config",
-                         notes={"model": "a preset, then any ModelConfig field, e.g. model.dim = 256"})
+                         notes={"model": 'model.preset = "tiny", then any ModelConfig field, e.g. model.dim = 256'})
     parser.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, metrics.png")
     parser.add_argument("--preset", help=f"model preset, one of {', '.join(PRESETS)}")
     parser.add_argument("--steps", type=int, help="optimizer steps")

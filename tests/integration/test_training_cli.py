@@ -52,7 +52,7 @@ def test_unknown_keys_are_named_in_the_error(tmp_path):
         load_config(None, ["trainer.lr_peak=1"])
     with pytest.raises(ValueError, match="model.preset='llama3'"):
         load_config(None, ["model.preset=llama3"]).model_config(1024)
-    with pytest.raises(ValueError, match="must look like section.key=value"):
+    with pytest.raises(ValueError, match="must look like key=value or section.key=value"):
         load_config(None, ["trainer.lr"])
 
 
