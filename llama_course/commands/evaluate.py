@@ -14,13 +14,12 @@ import json
 from pathlib import Path
 
 from llama_course.evaluation.answers import answer_all, reward_model_scorer, split_model_spec
-from llama_course.evaluation.judges import toy_raters
 from llama_course.evaluation.report import (
     evaluate_answers,
-    evaluation_prompts,
     plot_helpfulness_vs_safety,
     plot_win_tie_loss,
 )
+from llama_course.experiments.toyworld_judges import ToyEvaluationJudges, evaluation_prompts
 
 REPORT_FILE = "evaluation.json"
 
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--{option.replace('_', '-')}={getattr(args, option)} must be at least 1")
     if args.raters % 2 == 0:
         raise ValueError(f"--raters={args.raters}: use an odd number, so each pair has a middle (median) rating")
-    toy_raters(args.raters, noise_scale=args.noise_scale)  # checks both values before any model answers
+    judges = ToyEvaluationJudges(args.raters, args.noise_scale, seed=args.seed)  # checks both before any answering
     for spec in args.models:
         check_model_spec(split_model_spec(spec)[1])
     if args.reward_model is not None:
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     answers = answer_all(args.models, prompts, args.max_new_tokens)
     scorer = None if args.reward_model is None else reward_model_scorer(reward_model, reward_tokenizer, prompts,
                                                                          answers)
-    report = evaluate_answers(prompts, answers, raters=args.raters, noise_scale=args.noise_scale,
+    report = evaluate_answers(prompts, answers, judges,
                               reward_scorer=scorer, reward_gap_scale=args.reward_gap_scale,
                               resamples=args.resamples, seed=args.seed)
     report["settings"].update(prompt_seed=args.prompt_seed, max_new_tokens=args.max_new_tokens,

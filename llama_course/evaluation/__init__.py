@@ -1,7 +1,8 @@
 """Evaluation as Llama 2 ran it (section 3.4.2 and 4.4): side-by-side judgments and safety violations.
 
 - `ratings`: the 7-point side-by-side scale and its mapping to wins, ties and losses;
-- `judges`: toy-world raters with the annotators' noise, a reward model as judge, randomised order, position bias;
+- `judges`: the judge protocol, a reward model as judge, randomised order, position bias (the toy world's
+  simulated raters are `experiments.toyworld_judges`'s);
 - `agreement`: inter-rater reliability, Gwet's AC2 (ordinal weights) and Fleiss' kappa;
 - `bootstrap`: win / tie / loss and violation rates with bootstrap confidence intervals;
 - `safety`: 5-point safety ratings, violation by majority of three raters;
@@ -17,24 +18,15 @@ from llama_course.evaluation.bootstrap import (
     bootstrap_rates,
     win_tie_loss,
 )
-from llama_course.evaluation.judges import (
-    RewardModelJudge,
-    SideBySide,
-    ToyRater,
-    judge_side_by_side,
-    position_bias,
-    toy_raters,
-)
+from llama_course.evaluation.judges import RewardModelJudge, SideBySide, judge_side_by_side, position_bias
 from llama_course.evaluation.ratings import SEVEN_POINT_SCALE, consensus_ratings, outcome_of
-from llama_course.evaluation.safety import SafetyRater, safety_raters, safety_ratings, violation_rate, violations
+from llama_course.evaluation.safety import safety_ratings, violation_rate, violations
 
 __all__ = [
     "SEVEN_POINT_SCALE",
     "RateInterval",
     "RewardModelJudge",
-    "SafetyRater",
     "SideBySide",
-    "ToyRater",
     "bootstrap_difference",
     "bootstrap_mean",
     "bootstrap_rates",
@@ -45,9 +37,7 @@ __all__ = [
     "ordinal_weights",
     "outcome_of",
     "position_bias",
-    "safety_raters",
     "safety_ratings",
-    "toy_raters",
     "violation_rate",
     "violations",
     "win_tie_loss",

@@ -4,11 +4,10 @@ Llama 2 (section 3.4.2) has three raters judge every pair and randomises which m
 first. A judge here is anything with `rate(prompt, first, second) -> int` (1 = first much better ... 7 =
 second much better, see `ratings.py`):
 
-- `ToyRater` wraps the toy world's preference `Annotator` (its true criterion, its 4-level strength and its
-  rater noise that grows as the preference weakens), so the side-by-side raters make exactly the mistakes the
-  reward-model chapter's annotators make. With `noise_scale=0` it is the TRUE judge;
+- the toy world's simulated raters (`experiments.toyworld_judges.ToyRater`: its preference `Annotator`'s choice
+  and strength, with the rater noise that grows as the preference weakens; with `noise_scale=0`, the TRUE judge);
 - `RewardModelJudge` wraps any `score(prompt, response) -> float` (a trained reward model, or a true reward)
-  and rates the score gap with the annotators' strength thresholds.
+  and rates the score gap by `paper.strength_of`, the thresholds the toy world's annotators use.
 
 The 4 strengths map to points: significantly better -> much better, better -> better, slightly better ->
 slightly better, negligibly better / unsure -> about the same.
@@ -23,8 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from llama_course.evaluation.ratings import ABOUT_THE_SAME, check_ratings, rating_from_points, swap_sides
-from llama_course.paper import STRENGTHS
-from llama_course.toyworld.annotators import Annotator, strength_of
+from llama_course.paper import STRENGTHS, strength_of
 
 # "significantly better" -> 3 points ("much better"), ..., "negligibly better / unsure" -> 0 ("about the same")
 STRENGTH_POINTS = {strength: 3 - index for index, strength in enumerate(STRENGTHS)}
@@ -34,18 +32,6 @@ class Judge(Protocol):
     name: str
 
     def rate(self, prompt: str, first: str, second: str) -> int: ...
-
-
-class ToyRater:
-    """A simulated side-by-side rater: the toy `Annotator`'s choice and strength, as a 7-point rating."""
-
-    def __init__(self, name: str, criterion: str = "helpfulness", seed: int = 0, noise_scale: float = 1.0) -> None:
-        self.name = name
-        self.annotator = Annotator(criterion, seed=seed, noise_scale=noise_scale)
-
-    def rate(self, prompt: str, first: str, second: str) -> int:
-        preference = self.annotator.compare(prompt, first, second)
-        return rating_from_points(STRENGTH_POINTS[preference.strength], preference.chosen == first)
 
 
 class RewardModelJudge:
@@ -70,15 +56,6 @@ class RewardModelJudge:
         if not np.isfinite(gap):
             raise ValueError(f"the scorer of judge {self.name!r} returned a non-finite score for {prompt[:60]!r}")
         return rating_from_points(STRENGTH_POINTS[strength_of(gap / self.gap_scale)], gap > 0)
-
-
-def toy_raters(count: int = 3, *, criterion: str = "helpfulness", noise_scale: float = 1.0, seed: int = 0
-               ) -> list[ToyRater]:
-    """`count` independent noisy raters (the paper uses 3 per comparison), seeded `seed`, `seed + 1`, ..."""
-    if count < 1:
-        raise ValueError(f"count={count!r}: a side-by-side evaluation needs at least one rater")
-    return [ToyRater(f"rater {index + 1}", criterion, seed=seed + index, noise_scale=noise_scale)
-            for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -109,7 +86,7 @@ def judge_side_by_side(
     """Every judge rates every pair, each prompt shown in a random order (the same order to all its judges)."""
     _check_pairs(prompts, responses_a, responses_b)
     if not judges:
-        raise ValueError("judges is empty: give at least one judge, e.g. toy_raters(3)")
+        raise ValueError("judges is empty: give at least one judge, e.g. experiments.toyworld_judges.toy_raters(3)")
     a_first = np.random.default_rng(seed).random(len(prompts)) < 0.5
     ratings = np.empty((len(prompts), len(judges)), dtype=np.int64)
     for row, (prompt, a, b) in enumerate(zip(prompts, responses_a, responses_b, strict=True)):

@@ -1,11 +1,13 @@
 """The whole evaluation of a set of models, as a JSON-ready report and two plots (Llama 2, sections 3.4 and 4.4).
 
-For every pair of models: side-by-side ratings of their answers to held-out toy-world tasks by three noisy
-toy raters (order randomised), reduced to one rating per prompt (median) and to win / tie / loss rates with
-bootstrap intervals; inter-rater reliability (Gwet's AC2 with ordinal weights, Fleiss' kappa); the same
-comparison by the noise-free TRUE judge; a position-bias check by swapping; and, when a scorer is given, a
-reward model as judge with its agreement with the true judge. For every model: mean true helpfulness, and
-the safety violation rate on unsafe and borderline requests (5-point ratings, majority of three raters).
+For every pair of models: side-by-side ratings of their answers to held-out tasks by (three) noisy raters
+(order randomised), reduced to one rating per prompt (median) and to win / tie / loss rates with bootstrap
+intervals; inter-rater reliability (Gwet's AC2 with ordinal weights, Fleiss' kappa); the same comparison by
+a TRUE judge; a position-bias check by swapping; and, when a scorer is given, a reward model as judge with its
+agreement with the true judge. For every model: mean true helpfulness, and the safety violation rate on
+unsafe and borderline requests (5-point ratings, majority of three raters). Who judges is the caller's, an
+`EvaluationJudges` (the toy world's: `experiments.toyworld_judges.ToyEvaluationJudges`, with its held-out
+prompts `experiments.toyworld_judges.evaluation_prompts`).
 """
 
 from __future__ import annotations
@@ -15,22 +17,15 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from llama_course.evaluation.agreement import fleiss_kappa, gwet_ac2
 from llama_course.evaluation.bootstrap import win_tie_loss
-from llama_course.evaluation.judges import (
-    RewardModelJudge,
-    SideBySide,
-    ToyRater,
-    judge_side_by_side,
-    position_bias,
-    toy_raters,
-)
+from llama_course.evaluation.judges import Judge, RewardModelJudge, SideBySide, judge_side_by_side, position_bias
 from llama_course.evaluation.ratings import consensus_ratings, outcome_of
-from llama_course.evaluation.safety import LIKERT_POINTS, safety_raters, safety_ratings, violation_rate
+from llama_course.evaluation.safety import LIKERT_POINTS, SafetyJudge, safety_ratings, violation_rate
 from llama_course.pretrained import ASSETS_DIR
 
 
@@ -46,12 +41,18 @@ class ModelAnswers:
     safety: list[str]  # one answer per `EvaluationPrompts.safety` prompt
 
 
-def evaluation_prompts(helpfulness: int = 200, safety: int = 100, seed: int = 15) -> EvaluationPrompts:
-    """Held-out prompts: toy-world tasks and safety requests drawn with `seed` (training data uses seeds 0-2)."""
-    from llama_course.toyworld import generate_safety_prompts, generate_tasks
+class EvaluationJudges(Protocol):
+    """Who judges an evaluation: `settings` go into the report; `side_by_side()` gives one pair of models' (raters,
+    true judge, position-bias judge), fresh for each pair; `safety_raters()` the raters of every model's safety
+    answers; `helpfulness(prompt, response)` a model's true helpfulness on one prompt."""
 
-    return EvaluationPrompts(list(generate_tasks(helpfulness, seed=seed)["prompt"]),
-                             list(generate_safety_prompts(safety, seed=seed)["prompt"]))
+    settings: dict[str, Any]
+
+    def side_by_side(self) -> tuple[Sequence[Judge], Judge, Judge]: ...
+
+    def safety_raters(self) -> Sequence[SafetyJudge]: ...
+
+    def helpfulness(self, prompt: str, response: str) -> float: ...
 
 
 def _rates(outcomes: np.ndarray, resamples: int, seed: int) -> dict[str, dict[str, float]]:
@@ -71,21 +72,20 @@ def compare_pair(
     prompts: Sequence[str],
     answers_a: Sequence[str],
     answers_b: Sequence[str],
+    judges: tuple[Sequence[Judge], Judge, Judge],
     *,
-    raters: int = 3,
-    noise_scale: float = 1.0,
     reward_scorer: Callable[[str, str], float] | None = None,
     reward_gap_scale: float = 1.0,
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The side-by-side comparison of model A with model B (see the module docstring), as a dict.
+    """The side-by-side comparison of model A with model B (see the module docstring) by `judges` = (raters, true
+    judge, position-bias judge), as a dict.
 
     `reward_gap_scale` is the `gap_scale` of the reward-model judge (`judges.RewardModelJudge`).
     """
-    noisy = judge_side_by_side(prompts, answers_a, answers_b, toy_raters(raters, noise_scale=noise_scale, seed=seed),
-                               seed=seed)
-    true_judge = ToyRater("true judge", noise_scale=0.0, seed=seed)
+    raters, true_judge, position_judge = judges
+    noisy = judge_side_by_side(prompts, answers_a, answers_b, raters, seed=seed)
     truth = judge_side_by_side(prompts, answers_a, answers_b, [true_judge], seed=seed)
     true_outcomes = outcome_of(truth.ratings[:, 0])
     result: dict[str, Any] = {
@@ -94,8 +94,7 @@ def compare_pair(
         "agreement": _agreement(noisy.ratings, 7),
         "true_judge": _summary(truth, resamples, seed),
         "raters_match_true_judge": float((outcome_of(consensus_ratings(noisy.ratings)) == true_outcomes).mean()),
-        "position_bias": position_bias(prompts, answers_a, answers_b,
-                                       ToyRater("rater 1", noise_scale=noise_scale, seed=seed)).as_dict(),
+        "position_bias": position_bias(prompts, answers_a, answers_b, position_judge).as_dict(),
     }
     if reward_scorer is not None:
         judge = RewardModelJudge(reward_scorer, gap_scale=reward_gap_scale)
@@ -117,17 +116,15 @@ def _summary(side_by_side: SideBySide, resamples: int, seed: int) -> dict[str, A
 def evaluate_answers(
     prompts: EvaluationPrompts,
     answers: Mapping[str, ModelAnswers],
+    judges: EvaluationJudges,
     *,
-    raters: int = 3,
-    noise_scale: float = 1.0,
     reward_scorer: Callable[[str, str], float] | None = None,
     reward_gap_scale: float = 1.0,
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The report of models that already answered `prompts`: per model, then per pair (first named is A)."""
-    from llama_course.toyworld import helpfulness
-
+    """The report of models that already answered `prompts`, judged by `judges`: per model, then per pair (first
+    named is A)."""
     if len(answers) < 2:
         raise ValueError(f"a side-by-side evaluation needs at least 2 models; got {list(answers)}")
     for name, given in answers.items():
@@ -135,24 +132,24 @@ def evaluate_answers(
             raise ValueError(f"model {name!r} answered {len(given.helpfulness)}/{len(given.safety)} prompts; expected "
                              f"{len(prompts.helpfulness)} helpfulness and {len(prompts.safety)} safety answers")
     models: dict[str, Any] = {}
-    judges_of_safety = safety_raters(raters, noise_scale=noise_scale, seed=seed)  # the same 3 raters rate every model
+    judges_of_safety = judges.safety_raters()  # the same raters rate every model
     for name, given in answers.items():
         ratings = safety_ratings(prompts.safety, given.safety, judges_of_safety)
         models[name] = {
-            "helpfulness": float(np.mean([helpfulness(p, r) for p, r in zip(prompts.helpfulness, given.helpfulness,
-                                                                             strict=True)])),
+            "helpfulness": float(np.mean([judges.helpfulness(p, r) for p, r in zip(prompts.helpfulness,
+                                                                                    given.helpfulness, strict=True)])),
             "violation_rate": violation_rate(ratings, resamples=resamples, seed=seed).as_dict(),
             "mean_safety_rating": float(ratings.mean()),
             "safety_agreement": _agreement(ratings, LIKERT_POINTS),
         }
     comparisons = [
         {"model_a": a, "model_b": b,
-         **compare_pair(prompts.helpfulness, answers[a].helpfulness, answers[b].helpfulness, raters=raters,
-                        noise_scale=noise_scale, reward_scorer=reward_scorer, reward_gap_scale=reward_gap_scale,
-                        resamples=resamples, seed=seed)}
+         **compare_pair(prompts.helpfulness, answers[a].helpfulness, answers[b].helpfulness, judges.side_by_side(),
+                        reward_scorer=reward_scorer, reward_gap_scale=reward_gap_scale, resamples=resamples,
+                        seed=seed)}
         for a, b in itertools.combinations(answers, 2)
     ]
-    settings = {"raters": raters, "noise_scale": noise_scale, "resamples": resamples, "confidence": 0.95,
+    settings = {**judges.settings, "resamples": resamples, "confidence": 0.95,
                 "seed": seed, "reward_gap_scale": reward_gap_scale, "helpfulness_prompts": len(prompts.helpfulness),
                 "safety_prompts": len(prompts.safety),
                 "mapping": "ratings 1-3 win, 4 tie, 5-7 loss for model A; median of the raters per prompt"}

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 import datasets
 
-from llama_course.paper import STRENGTHS
+from llama_course.paper import STRENGTH_THRESHOLDS as STRENGTH_THRESHOLDS  # re-exported: the toy world's names
+from llama_course.paper import STRENGTHS as STRENGTHS
+from llama_course.paper import strength_of
 from llama_course.toyworld.rewards import helpfulness, safety
 from llama_course.toyworld.safety import sample_safety_prompt
 from llama_course.toyworld.stories import check_count
 from llama_course.toyworld.tasks import FAMILIES, identify_task
 
-# Llama 2's four strengths (`paper.STRENGTHS`) from the true scores: a score gap of at least 0.5 is "significantly
-# better", at least 0.25 "better", at least 0.1 "slightly".
-STRENGTH_THRESHOLDS = (0.5, 0.25, 0.1)
+# Llama 2's four strengths (`paper.STRENGTHS`) from the true scores, by `paper.strength_of`.
 FLIP_PROBABILITY = {
     "significantly better": 0.02,
     "better": 0.10,
@@ -39,15 +39,6 @@ _FILLERS = (
     "This is a very good question.",
     "Let me know if you want more help.",
 )
-
-
-def strength_of(gap: float) -> str:
-    """The 4-level strength of a preference whose true scores differ by `gap` (absolute value used)."""
-    gap = abs(gap)
-    for threshold, strength in zip(STRENGTH_THRESHOLDS, STRENGTHS, strict=False):
-        if gap >= threshold:
-            return strength
-    return STRENGTHS[-1]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 from llama_course.commands import evaluate
 from llama_course.evaluation.answers import reward_model_scorer
 from llama_course.evaluation.report import EvaluationPrompts, ModelAnswers, evaluate_answers
+from llama_course.experiments.toyworld_judges import ToyEvaluationJudges
 from llama_course.toyworld import generate_tasks
 from llama_course.toyworld.annotators import STRENGTH_THRESHOLDS
 from llama_course.toyworld.safety import sample_safety_prompt
@@ -33,7 +34,7 @@ def known_answers():
 
 def test_report_ranks_models_of_known_quality(known_answers):
     prompts, answers, requests = known_answers
-    report = evaluate_answers(prompts, answers, resamples=300, seed=0)
+    report = evaluate_answers(prompts, answers, ToyEvaluationJudges(), resamples=300, seed=0)
     assert [(c["model_a"], c["model_b"]) for c in report["comparisons"]] == [
         ("reference", "unhelpful"), ("reference", "harmful"), ("unhelpful", "harmful")]
     versus_unhelpful, versus_harmful, _ = report["comparisons"]
@@ -62,7 +63,8 @@ def test_reward_model_judge_plugs_into_the_report(known_answers, gap_scale):
     def length_scorer(prompt, response):  # a poor reward model: longer is better
         return min(len(response) / 100, 1.0)
 
-    report = evaluate_answers(prompts, two, reward_scorer=length_scorer, reward_gap_scale=gap_scale, resamples=300)
+    report = evaluate_answers(prompts, two, ToyEvaluationJudges(), reward_scorer=length_scorer,
+                              reward_gap_scale=gap_scale, resamples=300)
     judged = report["comparisons"][0]["reward_model"]
     truth = report["comparisons"][0]["true_judge"]["rates"]
     assert truth["loss"]["rate"] == 1.0  # "unhelpful" is model A and loses everywhere
@@ -78,10 +80,10 @@ def test_reward_model_judge_plugs_into_the_report(known_answers, gap_scale):
 def test_report_rejects_bad_input(known_answers):
     prompts, answers, _ = known_answers
     with pytest.raises(ValueError, match="at least 2 models"):
-        evaluate_answers(prompts, {"reference": answers["reference"]})
+        evaluate_answers(prompts, {"reference": answers["reference"]}, ToyEvaluationJudges())
     short = ModelAnswers(["x"], ["y"])
     with pytest.raises(ValueError, match="model 'short' answered 1/1 prompts"):
-        evaluate_answers(prompts, {"reference": answers["reference"], "short": short})
+        evaluate_answers(prompts, {"reference": answers["reference"], "short": short}, ToyEvaluationJudges())
 
 
 def _parse(*argv):

@@ -8,14 +8,7 @@ import pytest
 
 from llama_course.evaluation.agreement import fleiss_kappa, gwet_ac2, ordinal_weights
 from llama_course.evaluation.bootstrap import bootstrap_difference, bootstrap_rates, win_tie_loss
-from llama_course.evaluation.judges import (
-    STRENGTH_POINTS,
-    RewardModelJudge,
-    ToyRater,
-    judge_side_by_side,
-    position_bias,
-    toy_raters,
-)
+from llama_course.evaluation.judges import STRENGTH_POINTS, RewardModelJudge, judge_side_by_side, position_bias
 from llama_course.evaluation.ratings import (
     LOSS,
     TIE,
@@ -26,14 +19,8 @@ from llama_course.evaluation.ratings import (
     rating_from_points,
     swap_sides,
 )
-from llama_course.evaluation.safety import (
-    SafetyRater,
-    likert_from_score,
-    safety_raters,
-    safety_ratings,
-    violation_rate,
-    violations,
-)
+from llama_course.evaluation.safety import likert_from_score, safety_ratings, violation_rate, violations
+from llama_course.experiments.toyworld_judges import SafetyRater, ToyRater, safety_raters, toy_raters
 from llama_course.toyworld import generate_tasks, helpfulness
 from llama_course.toyworld.annotators import FLIP_PROBABILITY, strength_of
 from llama_course.toyworld.safety import sample_safety_prompt

@@ -178,11 +178,9 @@ def test_imports_run_downward_only():
 # Algorithms take their data, tokenizer, annotators and judges as arguments; the toy world is one provider of them,
 # wired in by `experiments/` (toyworld_data, toyworld_judges) and the commands.
 TOY_WORLD_FREE = ("alignment", "evaluation", "training")
-# Modules that still import the toy world, until they take it as arguments too: the evaluation's simulated raters
-# and held-out prompts (judges.ToyRater, safety.SafetyRater, report.evaluation_prompts) and pretraining's corpus
-# and tokenizer by name. Nothing may join this list; a module leaves it once it is free.
-TOY_WORLD_PENDING = {"llama_course.evaluation.judges", "llama_course.evaluation.report",
-                     "llama_course.evaluation.safety", "llama_course.training.pretrain"}
+# Modules that still import the toy world, until they take it as arguments too: pretraining's corpus and tokenizer
+# by name. Nothing may join this list; a module leaves it once it is free.
+TOY_WORLD_PENDING = {"llama_course.training.pretrain"}
 
 
 def toy_world_imports() -> dict[str, list[str]]:
