@@ -13,7 +13,9 @@ sample distribution". Round k of `run_rlhf` does the same on the toy world:
 3. **Retraining.** Each RM continues from the previous round's on this round's pairs plus as many pairs replayed
    from earlier rounds (the margin loss, Table 27; one epoch), and is measured again on the same new pairs.
 4. **A better policy.** Rejection sampling (best of K by the safety-first RM reward, fine-tuned on the winners
-   of this round and every earlier one) in rounds 1..k-1; PPO on top in the last round (Llama 2: rejection
+   of this round and every earlier one; with `balance_safety`, each round adds no more refusals of unsafe
+   prompts than helpful answers to borderline ones, so that the pool does not teach refusing on sight) in rounds
+   1..k-1; PPO on top in the last round (Llama 2: rejection
    sampling up to V4, PPO from V5).
 5. **Measured by the truth.** Vk answers held-out prompts (greedy) and the toy world scores them: helpfulness
    on tasks, refusals and harm on unsafe prompts, false refusals on borderline ones. Best-of-N among the
@@ -94,6 +96,7 @@ class RLHFConfig:
     rs_temperature: float = 0.8
     rs_epochs: float = 2.0  # passes over the pooled winners
     rs_lr: float = 1e-4
+    balance_safety: bool = True  # a round's winners on unsafe prompts are capped at its winners on borderline ones
     ppo: dict[str, Any] = field(default_factory=lambda: {"iterations": 40})  # `PPOConfig` overrides
     eval_tasks: int = 300  # held-out task prompts (the same for every seed)
     eval_safety: int = 100  # held-out safety prompts, about half unsafe and half borderline
@@ -287,11 +290,24 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
     flat_prompts = [p for p in prompts for _ in range(config.rs_samples)]
     scores = scorer(flat_prompts, [s for row in samples for s in row]).view(len(prompts), -1)
     best = scores.argmax(dim=1).tolist()
-    pooled.update({prompt: row[i] for prompt, row, i in zip(prompts, samples, best, strict=True) if row[i].strip()})
+    winners = {prompt: row[i] for prompt, row, i in zip(prompts, samples, best, strict=True) if row[i].strip()}
+    pooled.update(balanced_safety_mix(winners) if config.balance_safety else winners)
     model = finetune_on_answers(model, tokenizer, list(pooled), list(pooled.values()), rs_config, folder / "rs",
                                 config.seed + round_index)
     return model, {"method": "rejection_sampling", "kept_score": float(scores.max(dim=1).values.mean()),
                    "sampled_score": float(scores.mean()), "training_answers": len(pooled)}
+
+
+def balanced_safety_mix(winners: dict[str, str]) -> dict[str, str]:
+    """`winners` with the unsafe prompts' entries beyond the number of borderline ones dropped (the first ones
+    kept). The toy world's borderline requests come from few templates, so one winner per distinct prompt holds
+    about four refusals of unsafe requests for every helpful borderline answer, and a policy fine-tuned on it
+    learns to refuse anything that sounds unsafe (Llama 2 sees false refusal on its borderline set rise with the
+    share of safety data: section 4.2, appendix Figure 33)."""
+    borderline = sum(identify_borderline(prompt) is not None for prompt in winners)
+    unsafe = [prompt for prompt in winners if is_safety_prompt(prompt)]
+    dropped = set(unsafe[borderline:])
+    return {prompt: answer for prompt, answer in winners.items() if prompt not in dropped}
 
 
 @dataclass
@@ -411,5 +427,5 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
-__all__ = ["CRITERIA", "RLHFConfig", "completed_rounds", "eval_prompts", "load_round", "prompt_kind", "run_rlhf",
+__all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "completed_rounds", "eval_prompts", "load_round", "prompt_kind", "run_rlhf",
            "summarize_policy", "true_order_accuracy"]

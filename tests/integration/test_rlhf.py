@@ -11,7 +11,14 @@ from llama_course.alignment.reward import RewardModel
 from llama_course.alignment.reward_train import load_reward_model
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments.overoptimisation import overoptimisation, ppo_change
-from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, eval_prompts, run_rlhf, true_order_accuracy
+from llama_course.experiments.rlhf import (
+    CRITERIA,
+    RLHFConfig,
+    balanced_safety_mix,
+    eval_prompts,
+    run_rlhf,
+    true_order_accuracy,
+)
 from llama_course.experiments.rlhf_results import load_rlhf_results, table_columns, versions_table, write_results
 from llama_course.pretrained import load_pretrained
 
@@ -64,6 +71,19 @@ def test_config_rejects_bad_values_before_any_work():
         RLHFConfig(rounds=0)
     with pytest.raises(ValueError, match="helpfulness_head='linear' is unknown"):
         RLHFConfig(helpfulness_head="linear")
+
+
+def test_balanced_safety_mix_caps_unsafe_winners_at_the_borderline_count():
+    from llama_course.toyworld import generate_safety_prompts, generate_tasks
+
+    safety = generate_safety_prompts(40, seed=3)
+    unsafe = [p for p, c in zip(safety["prompt"], safety["category"]) if c == "unsafe"]
+    borderline = sorted({p for p, c in zip(safety["prompt"], safety["category"]) if c == "borderline"})[:2]
+    tasks = list(generate_tasks(3, seed=3)["prompt"])
+    winners = {p: "answer" for p in [*unsafe[:5], *tasks, *borderline]}
+    kept = balanced_safety_mix(winners)
+    assert list(kept) == [*unsafe[:2], *tasks, *borderline]  # the first two unsafe ones stay, every other prompt
+    assert balanced_safety_mix({p: "answer" for p in tasks}) == {p: "answer" for p in tasks}
 
 
 @pytest.mark.parametrize("head", ["scalar", "likelihood"])
