@@ -427,5 +427,5 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
-__all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "completed_rounds", "eval_prompts", "load_round", "prompt_kind", "run_rlhf",
-           "summarize_policy", "true_order_accuracy"]
+__all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "completed_rounds", "eval_prompts", "load_round",
+           "prompt_kind", "run_rlhf", "summarize_policy", "true_order_accuracy"]

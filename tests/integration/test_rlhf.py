@@ -77,8 +77,9 @@ def test_balanced_safety_mix_caps_unsafe_winners_at_the_borderline_count():
     from llama_course.toyworld import generate_safety_prompts, generate_tasks
 
     safety = generate_safety_prompts(40, seed=3)
-    unsafe = [p for p, c in zip(safety["prompt"], safety["category"]) if c == "unsafe"]
-    borderline = sorted({p for p, c in zip(safety["prompt"], safety["category"]) if c == "borderline"})[:2]
+    rows = list(zip(safety["prompt"], safety["category"], strict=True))
+    unsafe = [p for p, c in rows if c == "unsafe"]
+    borderline = sorted({p for p, c in rows if c == "borderline"})[:2]
     tasks = list(generate_tasks(3, seed=3)["prompt"])
     winners = {p: "answer" for p in [*unsafe[:5], *tasks, *borderline]}
     kept = balanced_safety_mix(winners)
