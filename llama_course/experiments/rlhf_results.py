@@ -20,6 +20,9 @@ from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds
 from llama_course.pretrained import ASSETS_DIR
 
 SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
+UNBALANCED_RESULTS = ASSETS_DIR / "rlhf_unbalanced_results.json"  # the same rounds without `balance_safety`
+_COMMAND = "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2"
+_EXTRA_FLAGS = {UNBALANCED_RESULTS.name: " --set balance_safety=false --output-dir runs/careless/rlhf-unbalanced"}
 
 
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -111,8 +114,23 @@ def write_results(output_dir: str | Path, destination: str | Path, config: RLHFC
 
 def load_rlhf_results(path: str | Path = SHIPPED_RESULTS) -> dict[str, Any]:
     """The results written by `llama-course rlhf --results FILE` (chapters 11 to 15 plot them)."""
-    return load_results_file(path, "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml "
-                                   f"--seeds 0 1 2 --results {path}")
+    return load_results_file(path, f"{_COMMAND}{_EXTRA_FLAGS.get(Path(path).name, '')} --results {path}")
+
+
+def paired_difference(results: dict[str, Any], baseline: dict[str, Any], round_index: int,
+                      name: str = "refuses", kind: str = "borderline") -> dict[str, float]:
+    """Version `round_index` of `results` minus the same version of `baseline` (two runs with the same seeds and
+    held-out prompts), paired by seed and prompt: one per-prompt measure (`measure_policy`'s `name`) on the
+    prompts of one `kind` ("tasks", "unsafe", "borderline"), as a 95% interval."""
+    seeds = [s for s in results["reports"] if s in baseline["reports"]]
+    if not seeds:
+        raise ValueError("the two results share no seed: nothing to pair")
+
+    def stacked(run: dict[str, Any]) -> np.ndarray:
+        values = [run["reports"][s][round_index]["policy"] for s in seeds]
+        return np.stack([np.asarray(v[name], dtype=np.float64)[prompt_kind(v, kind)] for v in values])
+
+    return bootstrap_mean(stacked(results) - stacked(baseline)).as_dict()
 
 
 def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: str, **style: Any) -> None:
@@ -216,5 +234,5 @@ def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: boo
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "load_rlhf_results", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
-           "table_columns", "versions_table", "write_results"]
+__all__ = ["SHIPPED_RESULTS", "UNBALANCED_RESULTS", "load_rlhf_results", "paired_difference", "plot_rm_accuracy",
+           "plot_versions", "summarize_seeds", "table_columns", "versions_table", "write_results"]
