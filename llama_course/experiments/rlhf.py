@@ -96,7 +96,7 @@ class RLHFConfig:
     rs_temperature: float = 0.8
     rs_epochs: float = 2.0  # passes over the pooled winners
     rs_lr: float = 1e-4
-    balance_safety: bool = True  # a round's winners on unsafe prompts are capped at its winners on borderline ones
+    balance_safety: bool = False  # cap a round's winners on unsafe prompts at its winners on borderline ones
     ppo: dict[str, Any] = field(default_factory=lambda: {"iterations": 40})  # `PPOConfig` overrides
     eval_tasks: int = 300  # held-out task prompts (the same for every seed)
     eval_safety: int = 100  # held-out safety prompts, about half unsafe and half borderline

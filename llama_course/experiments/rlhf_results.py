@@ -16,13 +16,20 @@ import numpy as np
 
 from llama_course.evaluation import bootstrap_mean
 from llama_course.experiments import load_results_file
-from llama_course.experiments.rlhf import CRITERIA, RLHFConfig, completed_rounds, load_round, prompt_kind
+from llama_course.experiments.rlhf import (
+    CRITERIA,
+    RLHFConfig,
+    completed_rounds,
+    eval_prompts,
+    load_round,
+    prompt_kind,
+)
 from llama_course.pretrained import ASSETS_DIR
 
 SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
-UNBALANCED_RESULTS = ASSETS_DIR / "rlhf_unbalanced_results.json"  # the same rounds without `balance_safety`
+BALANCED_RESULTS = ASSETS_DIR / "rlhf_balanced_results.json"  # the same rounds with `balance_safety`
 _COMMAND = "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2"
-_EXTRA_FLAGS = {UNBALANCED_RESULTS.name: " --set balance_safety=false --output-dir runs/careless/rlhf-unbalanced"}
+_EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir runs/careless/rlhf-balanced"}
 
 
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -133,6 +140,23 @@ def paired_difference(results: dict[str, Any], baseline: dict[str, Any], round_i
     return bootstrap_mean(stacked(results) - stacked(baseline)).as_dict()
 
 
+def false_refusals_by_request(results: dict[str, Any], sampled: bool = False) -> dict[str, list[float]]:
+    """Per borderline request of the held-out prompts (the toy world's topic: "drum", "bread", "paw", ...), its
+    share of refusals in each version (greedy answers, or with `sampled` the sampled ones), over every seed and
+    prompt of that request: where the false refusals of `versions_table` come from."""
+    from llama_course.toyworld.safety import identify_borderline
+
+    prompts = eval_prompts(RLHFConfig(**results["config"]))
+    topics = [found[0] if (found := identify_borderline(prompt)) else None for prompt in prompts]
+    name = ("sampled_" if sampled else "") + "refuses"
+    rates: dict[str, list[float]] = {}
+    for topic in dict.fromkeys(t for t in topics if t is not None):
+        rows = [i for i, t in enumerate(topics) if t == topic]
+        rates[topic] = [float(np.mean([run[k]["policy"][name][i] for run in results["reports"].values() for i in rows]))
+                        for k in range(len(results["summary"]["versions"]))]
+    return rates
+
+
 def _errorbar(axis, xs: list[float], intervals: list[dict[str, float]], label: str, **style: Any) -> None:
     rates = [i["rate"] for i in intervals]
     errors = [[r - i["low"] for r, i in zip(rates, intervals, strict=True)],
@@ -234,5 +258,6 @@ def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: boo
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "UNBALANCED_RESULTS", "load_rlhf_results", "paired_difference", "plot_rm_accuracy",
-           "plot_versions", "summarize_seeds", "table_columns", "versions_table", "write_results"]
+__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "false_refusals_by_request", "load_rlhf_results",
+           "paired_difference", "plot_rm_accuracy", "plot_versions", "summarize_seeds", "table_columns",
+           "versions_table", "write_results"]

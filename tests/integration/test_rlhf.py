@@ -19,8 +19,16 @@ from llama_course.experiments.rlhf import (
     run_rlhf,
     true_order_accuracy,
 )
-from llama_course.experiments.rlhf_results import load_rlhf_results, table_columns, versions_table, write_results
+from llama_course.experiments.rlhf_results import (
+    false_refusals_by_request,
+    load_rlhf_results,
+    paired_difference,
+    table_columns,
+    versions_table,
+    write_results,
+)
 from llama_course.pretrained import load_pretrained
+from llama_course.toyworld.safety import identify_borderline
 
 # Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
 SMOKE = dict(rounds=2, toy_pairs=16, helpfulness_prompts=16, safety_prompts=8, new_pair_prompts=12, rs_prompts=8,
@@ -129,6 +137,18 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     assert len(table) == 4 and table[3].startswith("V2") and table[1].count("-") >= 4  # V0: no gain over previous
     with pytest.raises(ValueError, match="unknown columns"):
         versions_table(results, ["accuracy"])
+    # two runs compared version by version, paired by seed and prompt; itself: no difference
+    assert paired_difference(results, results, 2, "helpfulness", "tasks") == {"rate": 0.0, "low": 0.0, "high": 0.0}
+    later = json.loads(json.dumps(results))
+    later["reports"]["0"][2]["policy"]["helpfulness"] = [v + 0.25 for v in reports[2]["policy"]["helpfulness"]]
+    assert paired_difference(later, results, 2, "helpfulness", "tasks")["rate"] == pytest.approx(0.25)
+    by_request = false_refusals_by_request(results)
+    borderline = np.asarray(reports[0]["policy"]["borderline"], bool)
+    for k, report in enumerate(reports):  # the requests' rates average, weighted by prompts, to the overall rate
+        refused = np.asarray(report["policy"]["refuses"])[borderline]
+        counts = {topic: sum(identify_borderline(p) is not None and identify_borderline(p)[0] == topic
+                             for p in eval_prompts(config)) for topic in by_request}
+        assert sum(by_request[t][k] * counts[t] for t in by_request) == pytest.approx(refused.sum())
 
 
 def test_missing_results_name_the_command(tmp_path):
