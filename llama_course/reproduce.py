@@ -1,6 +1,7 @@
 """The whole course from nothing, in one resumable run (`llama-course reproduce [--out DIR]`).
 
-Each step runs a package command with the recipe the package ships, so the run rebuilds what the chapters load:
+Each step builds its config object from the recipe the package ships and calls the package (the function behind a
+command where the command adds the toy world's prompts and exports), so the run rebuilds what the chapters load:
 
  1. tokenizer       build-tokenizer (the toy world's SentencePiece), compared byte for byte with the shipped one;
  2. base            pretrain with `assets/base/pretrain.toml`, exported with its validation loss and grammar score;
@@ -48,7 +49,7 @@ SFT_RECIPE = ASSETS_DIR / "sft" / "sft.toml"
 
 # The knobs no shipped recipe fixes (the commands' defaults), and everything shrunk for --smoke.
 FULL = {"grammar_samples": 256, "sft_eval_tasks": 300, "pretrain": [], "sft_data": {}, "sft_trainer": {}, "reward": {},
-        "rejection": {}, "rejection_prompts": [], "ppo": [], "gatt": {}, "evaluate": []}
+        "rejection": {}, "rejection_prompts": {}, "ppo": {}, "ppo_prompts": {}, "gatt": {}, "evaluate": []}
 SMOKE = {
     "grammar_samples": 4,
     "sft_eval_tasks": 8,
@@ -59,9 +60,9 @@ SMOKE = {
     "sft_trainer": {"micro_batch_size": 2},
     "reward": {"pairs": 32, "sampled_pairs": 4, "held_out": 24, "batch_size": 8},
     "rejection": {"iterations": 1, "samples": 2, "steps": 1, "max_new_tokens": 8, "batch_size": 2, "block_size": 32},
-    "rejection_prompts": ["--prompts", "4", "--held-out", "4"],
-    "ppo": ["--iterations", "1", "--batch-size", "4", "--minibatch-size", "2", "--chunk-size", "4",
-            "--max-new-tokens", "6", "--prompts", "8"],
+    "rejection_prompts": {"prompts": 4, "held_out": 4},
+    "ppo": {"iterations": 1, "batch_size": 4, "minibatch_size": 2, "chunk_size": 4, "max_new_tokens": 6},
+    "ppo_prompts": {"prompts": 8},
     "gatt": {"dialogues": 3, "train_turns": [2, 3], "answers": "reference", "sft_mix": 4, "eval_dialogues": 2,
              "eval_turns": 2, "recall_turns": [1, 2], "eval_tasks": 4, "attention_dialogues": 1, "max_new_tokens": 6,
              "batch_size": 4},
@@ -71,13 +72,6 @@ SMOKE = {
 
 def _card(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())["card"]
-
-
-def _flags(values: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    """`--key value` (`--key v1 v2` for a list) for each of `keys` (underscores as dashes): a shipped recipe as
-    command-line flags."""
-    listed = {key: values[key] if isinstance(values[key], list) else [values[key]] for key in keys}
-    return [item for key in keys for item in (f"--{key.replace('_', '-')}", *map(str, listed[key]))]
 
 
 # ----- the steps ---------------------------------------------------------------------------------------------------
@@ -181,16 +175,13 @@ def rejection_recipe() -> dict[str, Any]:
 
 
 def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.commands import rejection_sample as rejection_report
+    from llama_course.alignment.rejection import RejectionConfig
+    from llama_course.commands.rejection_sample import rejection_sample
 
-    loop = rejection_recipe() | pipeline.sizes["rejection"]
+    config = RejectionConfig(**rejection_recipe() | pipeline.sizes["rejection"])
     folder = pipeline.partial("rejection")
-    flags = _flags(loop, ("iterations", "samples", "temperature", "max_new_tokens", "steps", "batch_size", "block_size",
-                          "lr", "seed", "device"))
-    pipeline.command(rejection_report, ["--policy", pipeline.path("sft"), "--reward", pipeline.path("rm_helpfulness"),
-                                        *flags, *([] if loop["pool"] else ["--no-pool"]),
-                                        *pipeline.sizes["rejection_prompts"],
-                                        "--output-dir", pipeline.path("runs", "rejection"), "--export", folder])
+    rejection_sample(config, str(pipeline.path("sft")), str(pipeline.path("rm_helpfulness")),
+                     str(pipeline.path("runs", "rejection")), export=folder, **pipeline.sizes["rejection_prompts"])
     history = _card(folder)["history"]
     pipeline.publish("rejection")
     first = history[1]
@@ -201,13 +192,13 @@ def rejection_step(pipeline: Pipeline) -> dict[str, Any]:
 
 def ppo_step(pipeline: Pipeline) -> dict[str, Any]:
     """PPO from this run's SFT model, rewarded by this run's two reward models (chapter 13's command defaults)."""
-    from llama_course.commands import ppo as ppo_report
+    from llama_course.alignment.ppo_train import PPOConfig
+    from llama_course.commands.ppo import ppo
     from llama_course.training.metrics import read_metrics
 
     folder, run_dir = pipeline.partial("ppo"), pipeline.path("runs", "ppo")
-    pipeline.command(ppo_report, ["--policy", pipeline.path("sft"), "--helpfulness-rm", pipeline.path("rm_helpfulness"),
-                                  "--safety-rm", pipeline.path("rm_safety"), "--output-dir", run_dir, "--save", folder,
-                                  *pipeline.sizes["ppo"]])
+    ppo(PPOConfig(**pipeline.sizes["ppo"]), str(pipeline.path("sft")), str(pipeline.path("rm_helpfulness")),
+        str(pipeline.path("rm_safety")), str(run_dir), save=folder, **pipeline.sizes["ppo_prompts"])
     rows = [row for row in read_metrics(run_dir) if "true_combined" in row]  # one row per iteration
     pipeline.publish("ppo")
     return {"true_reward": [rows[0]["true_combined"], rows[-1]["true_combined"]], "kl": rows[-1]["kl_k1"]}
@@ -230,7 +221,8 @@ def gatt_recipe() -> dict[str, Any]:
 
 
 def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
-    from llama_course.commands import gatt
+    from llama_course.commands.gatt import gatt
+    from llama_course.experiments.gatt import GAttConfig
 
     shipped = gatt_recipe() | pipeline.sizes["gatt"]
     base = pipeline.path(shipped["base"])
@@ -238,10 +230,9 @@ def gatt_step(pipeline: Pipeline) -> dict[str, Any]:
         raise ValueError(f"GAtt starts from {shipped['base']!r} (assets/gatt_results.json): no model of that name "
                          f"in {pipeline.out}")
     folder = pipeline.partial("gatt")
-    pipeline.command(gatt, ["--base", base, *_flags(shipped, GATT_FLAGS), "--seeds", "0",
-                            "--output-dir", pipeline.path("runs", "gatt"),
-                            "--export", folder,
-                            "--results", folder / GATT_RESULTS_FILE])
+    config = GAttConfig(**{key: tuple(value) if isinstance(value, list) else value
+                           for key, value in shipped.items() if key in GATT_FLAGS}, base=str(base))
+    gatt(config, [0], str(pipeline.path("runs", "gatt")), results=folder / GATT_RESULTS_FILE, export=folder)
     results = json.loads((folder / GATT_RESULTS_FILE).read_text())
     pipeline.publish("gatt")
     return {"recall_by_turn": {name: results[name]["recall_by_turn"] for name in ("base", "control", "gatt")

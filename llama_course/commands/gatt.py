@@ -62,10 +62,16 @@ def config_from_args(args: argparse.Namespace) -> GAttConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    config = config_from_args(args)
+    gatt(config_from_args(args), args.seeds, args.output_dir, results=args.results, export=args.export)
+
+
+def gatt(config: GAttConfig, seeds: list[int], output_dir: str, *, results: Path | None = None,
+         export: Path | None = None) -> dict:
+    """Run (or resume) the GAtt experiment for `seeds` under `output_dir` and print its intervals; write the results
+    to `results` and the first seed's GAtt model into `export` if given. Returns the results."""
     start = time.time()
-    results, _, _ = run_experiment(config, args.seeds, args.output_dir)
-    summary = results["summary"]
+    measured, _, _ = run_experiment(config, seeds, output_dir)
+    summary = measured["summary"]
     low, high = config.recall_turns
     for kind in ("recall", "helpfulness"):
         for label, group in (("", summary[kind]["mean"]), ("difference ", summary[kind]["difference"])):
@@ -73,9 +79,10 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{kind} {label}{name} (turns {low}-{high})" if kind == "recall" else f"{kind} {label}{name}",
                       f"{interval['rate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]")
     print(f"{time.time() - start:.0f} s")
-    if args.results is not None:
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
-    if args.export is not None:
-        model, _ = load_base_model(str(Path(args.output_dir) / f"seed-{args.seeds[0]}" / "gatt" / MODEL_FOLDER))
-        export_model(model, args.export, {"gatt_config": config.to_dict(), "seed": args.seeds[0],
-                                          "recall_by_turn": results["gatt"]["recall_by_turn"]})
+    if results is not None:
+        results.write_text(json.dumps(measured, indent=1) + "\n")
+    if export is not None:
+        model, _ = load_base_model(str(Path(output_dir) / f"seed-{seeds[0]}" / "gatt" / MODEL_FOLDER))
+        export_model(model, export, {"gatt_config": config.to_dict(), "seed": seeds[0],
+                                     "recall_by_turn": measured["gatt"]["recall_by_turn"]})
+    return measured

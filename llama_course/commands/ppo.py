@@ -35,6 +35,8 @@ from llama_course.experiments.ppo import measure_experiments, plot_ppo_metrics, 
 from llama_course.experiments.toyworld_judges import ppo_prompts
 from llama_course.training.distributed import shutdown_distributed
 
+PROMPTS, SAFETY_FRACTION = 2000, 0.25  # the training prompt pool and its share of safety prompts
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course ppo` flags (defaults: `PPOConfig`)."""
@@ -51,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      ("lr", "value_lr", "beta", "temperature", "missing_eos_penalty", "safety_threshold"))
     add_config_flag(parser, defaults, "reward", choices=REWARDS,
                     help="safety-first (Llama 2), helpfulness (RM alone), true (the toy world's oracle)")
-    parser.add_argument("--prompts", type=int, default=2000, help="size of the training prompt pool")
-    parser.add_argument("--safety-fraction", type=float, default=0.25, help="share of unsafe/borderline prompts")
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="size of the training prompt pool")
+    parser.add_argument("--safety-fraction", type=float, default=SAFETY_FRACTION,
+                        help="share of unsafe/borderline prompts")
     add_config_flag(parser, defaults, "device", help="cpu, cuda, mps or auto")
     add_config_flag(parser, defaults, "dtype", choices=["float32", "float64"])
     parser.add_argument("--output-dir", default="runs/ppo", help="metrics.jsonl and metrics.png go here")
@@ -77,11 +80,21 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps({name: {"before": run["held_out_before"], "after": run["held_out_after"]}
                           for name, run in results["runs"].items()}, indent=1))
         return
-    models, tokenizer = load_ppo_models(args.policy, args.helpfulness_rm, args.safety_rm)
-    history = train_ppo(models, tokenizer, ppo_prompts(args.prompts, config.seed + 1, args.safety_fraction), config,
-                        args.output_dir, on_iteration=lambda row: print(json.dumps(row), flush=True))
+    ppo(config, args.policy, args.helpfulness_rm, args.safety_rm, args.output_dir, prompts=args.prompts,
+        safety_fraction=args.safety_fraction, save=args.save)
+
+
+def ppo(config: PPOConfig, policy: str, helpfulness_rm: str, safety_rm: str, output_dir: str, *,
+        prompts: int = PROMPTS, safety_fraction: float = SAFETY_FRACTION, save: Path | None = None) -> list[dict]:
+    """PPO from `policy` with the two reward models on toy-world prompts (see the flags), each iteration's metrics
+    printed as a JSON line; writes `output_dir/metrics.png` and, if `save` is given, the trained policy there.
+    Returns the history."""
+    models, tokenizer = load_ppo_models(policy, helpfulness_rm, safety_rm)
+    history = train_ppo(models, tokenizer, ppo_prompts(prompts, config.seed + 1, safety_fraction), config,
+                        output_dir, on_iteration=lambda row: print(json.dumps(row), flush=True))
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        plot_ppo_metrics(history, Path(args.output_dir) / "metrics.png")
-        if args.save is not None:
-            export_model(models.policy, args.save, {"trained_from": args.policy, "ppo": dataclasses.asdict(config)})
+        plot_ppo_metrics(history, Path(output_dir) / "metrics.png")
+        if save is not None:
+            export_model(models.policy, save, {"trained_from": policy, "ppo": dataclasses.asdict(config)})
     shutdown_distributed()
+    return history

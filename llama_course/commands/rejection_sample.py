@@ -30,6 +30,8 @@ from llama_course.experiments.rejection_sampling import measure_figures, rejecti
 from llama_course.experiments.toyworld_judges import true_reward
 from llama_course.toyworld import generate_tasks
 
+PROMPTS, HELD_OUT = 128, 32  # toy-world training and held-out tasks
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `llama-course rejection-sample` flags (defaults: `RejectionConfig`)."""
@@ -39,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", default="helpfulness",
                         help="shipped RM (helpfulness, safety), an RM folder, or 'true' for the toy world's oracle")
     parser.add_argument("--student", help="distillation: a model fine-tuned on the policy's best answers instead")
-    parser.add_argument("--prompts", type=int, default=128, help="training prompts (toy-world tasks)")
-    parser.add_argument("--held-out", type=int, default=32, help="held-out prompts for greedy evaluation")
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="training prompts (toy-world tasks)")
+    parser.add_argument("--held-out", type=int, default=HELD_OUT, help="held-out prompts for greedy evaluation")
     add_config_flags(parser, defaults, int,
                      ("iterations", "samples", "max_new_tokens", "steps", "batch_size", "block_size", "seed"))
     add_config_flag(parser, defaults, "temperature", type=float)
@@ -60,29 +62,47 @@ def config_from_args(args: argparse.Namespace) -> RejectionConfig:
     return load_config(RejectionConfig, args.config, config_settings(args, RejectionConfig()), args.overrides)
 
 
+def toy_world_setup(policy: str, reward: str, prompts: int, held_out: int, seed: int):
+    """The policy (a model name or folder) and its tokenizer, the judge named by `reward`, and the toy-world training
+    and held-out task prompts."""
+    model, tokenizer = load_base_model(policy)
+    scorer = true_reward if reward == "true" else reward_model_scorer(load_reward_model(reward)[0], tokenizer)
+    train = list(generate_tasks(prompts, seed=seed + 2000)["prompt"])
+    training = set(train)
+    return model, tokenizer, scorer, train, [p for p in generate_tasks(held_out, seed=seed + 3000)["prompt"]
+                                             if p not in training]
+
+
+def rejection_sample(config: RejectionConfig, policy: str, reward: str, output_dir: str, *, prompts: int = PROMPTS,
+                     held_out: int = HELD_OUT, student: str | None = None, export: Path | None = None) -> list[dict]:
+    """Rejection sampling fine-tuning of `policy` on toy-world tasks, judged by `reward` (see the flags); writes the
+    tuned model into `export` if given; returns the history (held-out RM and true reward by iteration)."""
+    model, tokenizer, scorer, train, held = toy_world_setup(policy, reward, prompts, held_out, config.seed)
+    student_model = load_base_model(student)[0] if student else None
+    tuned, history = rejection_sampling(model, scorer, tokenizer, train, held, config, output_dir,
+                                        student=student_model)
+    if export is not None:
+        export_model(tuned, export, {"policy": policy, "reward": reward, "student": student, "prompts": len(train),
+                                     "held_out": len(held), "rejection_config": dataclasses.asdict(config),
+                                     "history": history})
+    return history
+
+
 def run(args: argparse.Namespace) -> None:
     """Run `llama-course rejection-sample`."""
     if args.figures is not None and args.export is not None:
         raise ValueError("--figures writes results only; run --export FOLDER without --figures to keep the model")
     config = config_from_args(args)
-    policy, tokenizer = load_base_model(args.policy)
-    scorer = true_reward if args.reward == "true" else reward_model_scorer(load_reward_model(args.reward)[0], tokenizer)
-    prompts = list(generate_tasks(args.prompts, seed=config.seed + 2000)["prompt"])
-    training = set(prompts)
-    held_out = [p for p in generate_tasks(args.held_out, seed=config.seed + 3000)["prompt"] if p not in training]
-    if args.figures is not None:
-        results = measure_figures(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
-                                  figure_prompts=args.figure_prompts)
-        args.figures.parent.mkdir(parents=True, exist_ok=True)
-        args.figures.write_text(json.dumps(results) + "\n")
-        print(json.dumps({"iterations": results["iterations"], "distillation": results["distillation"],
-                          "seconds": results["seconds"]}, indent=1))
+    if args.figures is None:
+        history = rejection_sample(config, args.policy, args.reward, args.output_dir, prompts=args.prompts,
+                                   held_out=args.held_out, student=args.student, export=args.export)
+        print(json.dumps(history, indent=1))
         return
-    student = load_base_model(args.student)[0] if args.student else None
-    tuned, history = rejection_sampling(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
-                                        student=student)
-    if args.export is not None:
-        export_model(tuned, args.export, {"policy": args.policy, "reward": args.reward, "student": args.student,
-                                          "prompts": len(prompts), "held_out": len(held_out),
-                                          "rejection_config": dataclasses.asdict(config), "history": history})
-    print(json.dumps(history, indent=1))
+    policy, tokenizer, scorer, prompts, held_out = toy_world_setup(args.policy, args.reward, args.prompts,
+                                                                   args.held_out, config.seed)
+    results = measure_figures(policy, scorer, tokenizer, prompts, held_out, config, args.output_dir,
+                              figure_prompts=args.figure_prompts)
+    args.figures.parent.mkdir(parents=True, exist_ok=True)
+    args.figures.write_text(json.dumps(results) + "\n")
+    print(json.dumps({"iterations": results["iterations"], "distillation": results["distillation"],
+                      "seconds": results["seconds"]}, indent=1))

@@ -143,12 +143,12 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(capsys):
 
 
 def test_a_bug_is_one_line_with_exit_1_and_debug_shows_its_traceback(monkeypatch, capsys):
-    import llama_course.config
+    from llama_course.commands import presets
 
     def broken(*args, **kwargs):
         raise TypeError("boom")
 
-    monkeypatch.setattr(llama_course.config, "count_parameters", broken)
+    monkeypatch.setattr(presets, "count_parameters", broken)
     code, stderr = run_cli(["presets"], capsys)
     assert code == 1 and stderr == ("llama-course presets: internal error (a bug; rerun with --debug for the traceback "
                                     "and report it): TypeError: boom\n")
