@@ -303,7 +303,8 @@ def balanced_safety_mix(winners: dict[str, str]) -> dict[str, str]:
     kept). The toy world's borderline requests come from few templates, so one winner per distinct prompt holds
     about four refusals of unsafe requests for every helpful borderline answer, and a policy fine-tuned on it
     learns to refuse anything that sounds unsafe (Llama 2 sees false refusal on its borderline set rise with the
-    share of safety data: section 4.2, appendix Figure 33)."""
+    share of safety data: section 4.2, appendix Figure 33). Chapter 12 measures what the cap does and does not
+    fix."""
     borderline = sum(identify_borderline(prompt) is not None for prompt in winners)
     unsafe = [prompt for prompt in winners if is_safety_prompt(prompt)]
     dropped = set(unsafe[borderline:])
