@@ -58,11 +58,16 @@ def pretrained_card(name: str = "base") -> dict[str, Any]:
     return json.loads((pretrained_dir(name) / CONFIG_FILE).read_text())
 
 
-def _tokenizer(spec: str, folder: Path) -> Tokenizer:
+def shipped_tokenizer() -> Tokenizer:
+    """The tokenizer of every shipped model ("toy" in its config.json): the toy world's 1024 pieces."""
     from llama_course.toyworld import toy_tokenizer
 
+    return toy_tokenizer()
+
+
+def _tokenizer(spec: str, folder: Path) -> Tokenizer:
     if spec == "toy":
-        return toy_tokenizer()
+        return shipped_tokenizer()
     if not isinstance(spec, str) or Path(spec).name != spec:
         raise ValueError(f"tokenizer={spec!r} in {folder / CONFIG_FILE} must be 'toy' or a file name inside {folder}")
     return Tokenizer(folder / spec)

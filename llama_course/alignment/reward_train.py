@@ -102,7 +102,8 @@ def train_reward_model(config: RewardConfig, data: tuple[datasets.Dataset, datas
     (eval, CPU), its tokenizer and its card (data, schedule, final loss, held-out accuracy by strength).
     `start` continues training that RM (e.g. the previous round's) instead of a new head on `config.base`.
     """
-    from llama_course.alignment.sft import load_base_model, shipped_tokenizer
+    from llama_course.alignment.sft import load_base_model
+    from llama_course.pretrained import shipped_tokenizer
 
     torch.manual_seed(config.seed)
     if start is not None:
@@ -150,7 +151,7 @@ def save_reward_model(model: RewardModel, folder: str | Path, card: dict[str, An
 
 def load_reward_model(name: str | Path = "helpfulness") -> tuple[RewardModel, Tokenizer]:
     """A shipped RM ("helpfulness" or "safety") or a folder written by `save_reward_model`, in eval mode."""
-    from llama_course.alignment.sft import shipped_tokenizer
+    from llama_course.pretrained import shipped_tokenizer
 
     folder = SHIPPED_RMS.get(str(name), Path(name))
 

@@ -35,12 +35,11 @@ from llama_course.config import PRESETS
 from llama_course.config_files import build_config, read_config_file
 from llama_course.model import Llama
 from llama_course.model_files import write_model_folder
-from llama_course.pretrained import ASSETS_DIR
+from llama_course.pretrained import ASSETS_DIR, shipped_tokenizer
 from llama_course.tokenizer import Tokenizer
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
 
 SHIPPED_SFT_DIR = ASSETS_DIR / "sft"
-SHIPPED_TOKENIZER = ASSETS_DIR / "toy_tokenizer.model"  # the tokenizer of every shipped model ("toy" in config.json)
 RESULTS_FILE = "results.json"
 RANDOM_BASE = "random-tiny"  # an untrained tiny model: for tests and for a run before the base model exists
 
@@ -137,11 +136,6 @@ def load_base_model(base: str, max_seq_len: int = 256) -> tuple[Llama, Tokenizer
     shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
     raise FileNotFoundError(f"base={base!r} is neither a shipped model ({shipped}), an exported folder, a training "
                             f"run, nor {RANDOM_BASE!r}; the base model ships once `llama-course pretrain` has run")
-
-
-def shipped_tokenizer() -> Tokenizer:
-    """The tokenizer of the shipped models (the toy world's 1024 pieces), for models whose folder names none."""
-    return Tokenizer(SHIPPED_TOKENIZER)
 
 
 def build_sft_blocks(config: SFTDataConfig, tokenizer: Tokenizer, train: datasets.Dataset,
