@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--ablation writes its results next to the exported model: add --export FOLDER")
     if args.export is None:
         result, _, _ = run_sft(config, *sft_data(config.data))
-        print(f"finished step {result.step}: validation loss {result.val_loss:.4f} ({result.checkpoint})")
+        loss = "no validation loss" if result.val_loss is None else f"validation loss {result.val_loss:.4f}"
+        print(f"finished step {result.step}: {loss} ({result.checkpoint})")
         return
     summary = measure_and_export(config, args.export, eval_tasks=args.eval_tasks, ablation=args.ablation)
     print(json.dumps(summary, indent=1))
