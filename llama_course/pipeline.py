@@ -14,8 +14,8 @@ steps in order, and a second call on the same `DIR` resumes where the first stop
 - a folder is resumed only with the settings it was started with (`DIR/steps/pipeline.json`).
 
 Resuming inside a step is the step's own business (a trainer resumes from its checkpoints, by convention under
-`DIR/runs/<step>`, which a step redone by hand deletes). The steps, their sizes and the
-report written from the statuses `run_steps` returns belong to the caller (the course's: `llama_course/reproduce.py`).
+`DIR/runs/<step>`, which a step redone by hand deletes). The steps, their sizes and the report written from the
+statuses `run_steps` returns belong to the caller (the course's: `llama_course/commands/reproduce.py`).
 """
 
 from __future__ import annotations

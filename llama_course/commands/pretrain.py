@@ -9,6 +9,7 @@ import json
 
 from llama_course.config import PRESETS
 from llama_course.config_files import add_config_arguments, flag_settings, load_config
+from llama_course.experiments.toyworld_data import pretraining_data
 from llama_course.training.pretrain import PretrainConfig, run_pretraining
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return
-    result = run_pretraining(config)
+    result = run_pretraining(config, pretraining_data(config.data))
     if not result.losses:
         print(f"the run in {config.output_dir} is already at step {result.step} = trainer.steps: nothing to train")
     elif result.val_loss is not None:

@@ -159,9 +159,10 @@ SWEEPS: dict[str, Sweep] = {
 
 # ----- one run ------------------------------------------------------------------------------------------------
 def _data(settings: SweepSettings, block_size: int) -> tuple[Any, Any]:
-    from llama_course.training.pretrain import DataConfig, build_datasets
+    from llama_course.experiments.toyworld_data import pretraining_data
+    from llama_course.training.pretrain import DataConfig
 
-    _, train, validation = build_datasets(DataConfig(
+    _, train, validation = pretraining_data(DataConfig(
         documents=settings.documents, validation_documents=settings.validation_documents, block_size=block_size,
         document_masking=settings.document_masking))
     return train, validation

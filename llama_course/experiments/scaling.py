@@ -119,7 +119,8 @@ def run_experiment(
     work_dir: str | Path = "runs/scaling",
 ) -> dict[str, Any]:
     """Train every (model, budget) pair missing from `output`, rewriting the JSON table after each run."""
-    from llama_course.training.pretrain import DataConfig, build_datasets
+    from llama_course.experiments.toyworld_data import pretraining_data
+    from llama_course.training.pretrain import DataConfig
 
     models = list(models or SCALING_MODELS)
     budgets = sorted(budgets or DEFAULT_BUDGETS)
@@ -139,7 +140,7 @@ def run_experiment(
     done = {(run["model"], run["tokens"]) for run in table["runs"]}
     # Enough stories for the largest budget without repeating one (a story is about 65 tokens).
     documents = max(budgets) // 50 + 1_000
-    data = build_datasets(DataConfig(documents=documents, validation_documents=500, block_size=BLOCK_SIZE))
+    data = pretraining_data(DataConfig(documents=documents, validation_documents=500, block_size=BLOCK_SIZE))
     for tokens in budgets:  # the cheapest budgets first: an interrupted grid is complete up to some budget
         for name in models:
             if (name, tokens) in done:

@@ -9,6 +9,7 @@ evaluation):
   system constraint and safety requests, with its held-out part;
 - `gatt_dialogues`, `evaluation_dialogues` (and `toyworld.adherence`, their judge): dialogues under sampled
   constraints for GAtt's data and for measuring recall;
+- `pretraining_data`: the corpus and tokenizer a pretraining run names, tokenized and packed;
 - `preference_annotator`, `sample_preference_pairs`, `reward_preferences`, `reward_data`, `held_out_preferences`:
   the pairs a reward model trains and is measured on (the toy world's graded candidate answers and pairs sampled
   from a model), labelled by an `Annotator`.
@@ -34,10 +35,34 @@ from llama_course.toyworld import (
     generate_preferences,
     generate_safety_prompts,
     generate_tasks,
+    load_corpus,
+    toy_tokenizer,
 )
 from llama_course.toyworld.annotators import write_demonstration
+from llama_course.training.pretrain import DataConfig
 
 Dialogue = list[dict[str, str]]
+
+
+def pretraining_data(config: DataConfig) -> tuple[Tokenizer, datasets.Dataset, datasets.Dataset | None]:
+    """The tokenizer a pretraining run names ("toy": the shipped one, else a SentencePiece file), and its
+    corpus (`toyworld.load_corpus`: toy-stories offline, tinystories from the Hub) tokenized and packed into
+    training and validation blocks (input_ids, labels, document_ids) for `training.pretrain.run_pretraining`."""
+    from llama_course.data import pack_dataset, tokenize_dataset
+
+    tokenizer = toy_tokenizer() if config.tokenizer == "toy" else Tokenizer(config.tokenizer)
+    corpus = load_corpus(config.corpus, n=config.documents + config.validation_documents, seed=config.seed)
+    wanted = config.documents + config.validation_documents
+    if len(corpus) < wanted:
+        raise ValueError(f"corpus {config.corpus!r} has {len(corpus)} documents, fewer than "
+                         f"data.documents + data.validation_documents = {wanted}")
+    # Blocks never straddle the split: pack each part separately.
+    train = pack_dataset(tokenize_dataset(corpus.select(range(config.documents)), tokenizer), config.block_size)
+    validation = None
+    if config.validation_documents:
+        held_out = corpus.select(range(config.documents, len(corpus)))
+        validation = pack_dataset(tokenize_dataset(held_out, tokenizer), config.block_size)
+    return tokenizer, train, validation
 
 
 def sft_conversations(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 
 from llama_course.config import PRESETS, ModelConfig
@@ -32,6 +33,7 @@ from llama_course.config_files import build_config
 from llama_course.config_files import load_config as load_config_file
 from llama_course.model import Llama
 from llama_course.model_files import load_model_weights
+from llama_course.tokenizer import Tokenizer
 from llama_course.training.checkpoint import (
     is_sharded,
     read_trainer_state,
@@ -93,41 +95,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return load_config_file(PretrainConfig, path, overrides=overrides)
 
 
-def _load_tokenizer(spec: str):
-    from llama_course.tokenizer import Tokenizer
-    from llama_course.toyworld import toy_tokenizer
-
-    return toy_tokenizer() if spec == "toy" else Tokenizer(spec)
-
-
-def build_datasets(config: DataConfig):
-    """Tokenized, packed training and validation blocks (`datasets.Dataset`s with input_ids, labels, document_ids)."""
-    from llama_course.data import pack_dataset, tokenize_dataset
-    from llama_course.toyworld import load_corpus
-
-    tokenizer = _load_tokenizer(config.tokenizer)
-    corpus = load_corpus(config.corpus, n=config.documents + config.validation_documents, seed=config.seed)
-    wanted = config.documents + config.validation_documents
-    if len(corpus) < wanted:
-        raise ValueError(f"corpus {config.corpus!r} has {len(corpus)} documents, fewer than "
-                         f"data.documents + data.validation_documents = {wanted}")
-    # Blocks never straddle the split: pack each part separately.
-    train = pack_dataset(tokenize_dataset(corpus.select(range(config.documents)), tokenizer), config.block_size)
-    validation = None
-    if config.validation_documents:
-        held_out = corpus.select(range(config.documents, len(corpus)))
-        validation = pack_dataset(tokenize_dataset(held_out, tokenizer), config.block_size)
-    return tokenizer, train, validation
-
-
 def resume_fixed_data(config: DataConfig) -> dict[str, Any]:
     """The data settings a resumed run may not change (`training/resume.py`); the held-out part may."""
     return {key: value for key, value in dataclasses.asdict(config).items() if key != "validation_documents"}
 
 
-def run_pretraining(config: PretrainConfig) -> TrainingResult:
-    """Build the data and a seeded model, then train (resuming from `output_dir` if it holds a checkpoint)."""
-    tokenizer, train, validation = build_datasets(config.data)
+def run_pretraining(config: PretrainConfig, data: tuple[Tokenizer, datasets.Dataset, datasets.Dataset | None]
+                    ) -> TrainingResult:
+    """Build a seeded model and train it on `data` (the tokenizer, the packed training blocks and the validation
+    blocks or None: `experiments.toyworld_data.pretraining_data` builds the toy world's from `config.data`),
+    resuming from `output_dir` if it holds a checkpoint."""
+    tokenizer, train, validation = data
     model_config = config.model_config(tokenizer.vocab_size)
     torch.manual_seed(config.trainer.seed)
     model = Llama(model_config)

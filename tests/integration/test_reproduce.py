@@ -9,10 +9,10 @@ import pytest
 
 from llama_course.cli import SUBCOMMAND_MODULES
 from llama_course.commands import evaluate as evaluate_cli
+from llama_course.commands.reproduce import STEPS, run_pipeline
 from llama_course.evaluation.report import load_evaluation_results
 from llama_course.pipeline import Pipeline, Step, StepPending
 from llama_course.pretrained import load_pretrained_folder
-from llama_course.reproduce import STEPS, run_pipeline
 from llama_course.training.metrics import read_metrics
 
 COURSE_ORDER = ["tokenizer", "base", "sft", "rm_helpfulness", "rm_safety", "rejection", "ppo", "gatt", "evaluation"]

@@ -39,7 +39,6 @@ LAYERS = {
     "experiments": (5, "the measured runs behind the chapters, over the algorithms and the evaluation"),
     "commands": (6, "one module per `llama-course` subcommand: parsing and printing"),
     "cli": (6, "`llama-course`: dispatches to the subcommands"),
-    "reproduce": (6, "the steps of `llama-course reproduce`, in order, and their report"),
     "pipeline": (6, "the resumable runner of `llama-course reproduce`"),
     "notebooks": (6, "running the chapters and writing their notebooks (`llama-course sync-notebooks`)"),
     "grading": (6, "the exercise grader: checks exercises against every layer's reference code"),
@@ -178,9 +177,6 @@ def test_imports_run_downward_only():
 # Algorithms take their data, tokenizer, annotators and judges as arguments; the toy world is one provider of them,
 # wired in by `experiments/` (toyworld_data, toyworld_judges) and the commands.
 TOY_WORLD_FREE = ("alignment", "evaluation", "training")
-# Modules that still import the toy world, until they take it as arguments too: pretraining's corpus and tokenizer
-# by name. Nothing may join this list; a module leaves it once it is free.
-TOY_WORLD_PENDING = {"llama_course.training.pretrain"}
 
 
 def toy_world_imports() -> dict[str, list[str]]:
@@ -196,12 +192,9 @@ def toy_world_imports() -> dict[str, list[str]]:
 
 
 def test_algorithms_do_not_import_the_toy_world():
-    found = toy_world_imports()
-    new = [place for source, places in found.items() if source not in TOY_WORLD_PENDING for place in places]
-    assert not new, ("algorithms import the toy world; take its data, tokenizer, annotator or judge as an argument "
-                     "and pass the toy world's from experiments/ or the command:\n" + "\n".join(new))
-    assert TOY_WORLD_PENDING <= found.keys(), (
-        f"{sorted(TOY_WORLD_PENDING - found.keys())} no longer import the toy world: take them off TOY_WORLD_PENDING")
+    found = [place for places in toy_world_imports().values() for place in places]
+    assert not found, ("algorithms import the toy world; take its data, tokenizer, annotator or judge as an argument "
+                       "and pass the toy world's from experiments/ or the command:\n" + "\n".join(found))
 
 
 def test_the_toy_world_rule_sees_a_lazy_import():
@@ -238,9 +231,9 @@ def test_the_checker_sees_lazy_imports_strings_and_launches():
               "    from llama_course.model import Llama\n"
               "    importlib.import_module('llama_course.generation')\n"
               "    run(['torchrun', '-m', 'llama_course.training.pretrain'])\n"
-              "    os.system('python -m llama_course.reproduce --out x')\n")
+              "    os.system('python -m llama_course.notebooks x.md')\n")
     assert imports("llama_course.data", source) == [
         ("llama_course.layers", 2), ("llama_course.model", 4), ("llama_course.generation", 5),
-        ("llama_course.training.pretrain", 6), ("llama_course.reproduce", 7)]
+        ("llama_course.training.pretrain", 6), ("llama_course.notebooks", 7)]
     assert {"llama_course.commands.sft", "llama_course.commands.presets"} <= {
         target for target, _ in GRAPH["llama_course.cli"]}
