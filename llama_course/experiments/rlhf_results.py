@@ -28,8 +28,11 @@ from llama_course.pretrained import ASSETS_DIR
 
 SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
 BALANCED_RESULTS = ASSETS_DIR / "rlhf_balanced_results.json"  # the same rounds with `balance_safety`
+PPO_RESULTS = ASSETS_DIR / "rlhf_ppo_results.json"  # the same rounds and a fourth: PPO from V3 (Llama 2's V5)
 _COMMAND = "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2"
-_EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir runs/careless/rlhf-balanced"}
+_EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir runs/careless/rlhf-balanced",
+                PPO_RESULTS.name: " --set rounds=4 --set ppo_last=true --set ppo.iterations=60 --set ppo.lr=1e-4"
+                                  " --output-dir runs/careless/rlhf-ppo"}
 
 
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -258,6 +261,6 @@ def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: boo
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "false_refusals_by_request", "load_rlhf_results",
+__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "PPO_RESULTS", "false_refusals_by_request", "load_rlhf_results",
            "paired_difference", "plot_rm_accuracy", "plot_versions", "summarize_seeds", "table_columns",
            "versions_table", "write_results"]
