@@ -43,6 +43,7 @@ def _worker(rank: int, port: int, root: str) -> None:
                                  hasattr(p, "full_tensor") for p in trainer.raw_model.parameters())}
         if rank == 0:
             torch.save(results, os.path.join(root, "results.pt"))
+        dist.barrier()  # no rank tears the process group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
