@@ -68,7 +68,12 @@ def ppo_curve(policy: Llama, rm: RewardModel, safety_rm: RewardModel, tokenizer:
     response), the RM's sigmoid score and the true helpfulness of the sampled responses."""
     models = PPOModels(copy.deepcopy(policy), copy.deepcopy(policy), ValueModel.from_reward_model(rm),
                        copy.deepcopy(rm), copy.deepcopy(safety_rm))
-    history = train_ppo(models, tokenizer, prompts, config, output_dir)
+    return history_curve(train_ppo(models, tokenizer, prompts, config, output_dir))
+
+
+def history_curve(history: Sequence[dict[str, float]]) -> dict[str, list[float]]:
+    """A PPO history (one metrics row per iteration) as the curves `ppo_change` and the plot read: the KL (k3,
+    nats per response), the helpfulness RM's score and the true helpfulness of the sampled responses."""
     return {"iteration": [row["step"] for row in history], "kl": [row["kl_k3"] for row in history],
             "rm": [row["rm_helpfulness"] for row in history],
             "true": [row["true_helpfulness_tasks"] for row in history]}
@@ -132,5 +137,5 @@ def plot_overoptimisation(result: dict[str, Any], axes=None, window: int = 10):
     return axes
 
 
-__all__ = ["best_of_n_curve", "load_overoptimisation", "overoptimisation", "plot_overoptimisation", "ppo_change",
-           "ppo_curve"]
+__all__ = ["best_of_n_curve", "history_curve", "load_overoptimisation", "overoptimisation", "plot_overoptimisation",
+           "ppo_change", "ppo_curve"]

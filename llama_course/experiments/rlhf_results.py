@@ -35,6 +35,16 @@ _EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir 
                                   " --output-dir runs/careless/rlhf-ppo"}
 
 
+def _per_prompt(reports: dict[Any, list[dict[str, Any]]], seeds: Sequence[Any], round_index: int, name: str,
+                kind: str) -> np.ndarray:
+    """(seeds, prompts): one per-prompt measure of version `round_index` on the held-out prompts of one `kind`."""
+    rows = []
+    for seed in seeds:
+        values = reports[seed][round_index]["policy"]
+        rows.append(np.asarray(values[name], dtype=np.float64)[prompt_kind(values, kind)])
+    return np.stack(rows)
+
+
 def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Headline numbers over seeds with 95% intervals.
 
@@ -49,11 +59,7 @@ def summarize_seeds(reports: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     rounds = min(len(reports[s]) for s in seeds)
 
     def stacked(round_index: int, name: str, kind: str) -> np.ndarray:
-        rows = []
-        for s in seeds:
-            values = reports[s][round_index]["policy"]
-            rows.append(np.asarray(values[name], dtype=np.float64)[prompt_kind(values, kind)])
-        return np.stack(rows)
+        return _per_prompt(reports, seeds, round_index, name, kind)
 
     def interval(values: np.ndarray, **kwargs: Any) -> dict[str, float]:
         return bootstrap_mean(values, **kwargs).as_dict()
@@ -136,11 +142,8 @@ def paired_difference(results: dict[str, Any], baseline: dict[str, Any], round_i
     if not seeds:
         raise ValueError("the two results share no seed: nothing to pair")
 
-    def stacked(run: dict[str, Any]) -> np.ndarray:
-        values = [run["reports"][s][round_index]["policy"] for s in seeds]
-        return np.stack([np.asarray(v[name], dtype=np.float64)[prompt_kind(v, kind)] for v in values])
-
-    return bootstrap_mean(stacked(results) - stacked(baseline)).as_dict()
+    values = [_per_prompt(run["reports"], seeds, round_index, name, kind) for run in (results, baseline)]
+    return bootstrap_mean(values[0] - values[1]).as_dict()
 
 
 def false_refusals_by_request(results: dict[str, Any], sampled: bool = False) -> dict[str, list[float]]:

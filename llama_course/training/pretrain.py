@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
 
 from llama_course.config import PRESETS, ModelConfig
@@ -33,7 +32,6 @@ from llama_course.config_files import build_config
 from llama_course.config_files import load_config as load_config_file
 from llama_course.model import Llama
 from llama_course.model_files import load_model_weights
-from llama_course.tokenizer import Tokenizer
 from llama_course.training.checkpoint import (
     is_sharded,
     read_trainer_state,
@@ -41,6 +39,11 @@ from llama_course.training.checkpoint import (
     untrusted_sharded_message,
 )
 from llama_course.training.trainer import Trainer, TrainerConfig, TrainingResult
+
+if TYPE_CHECKING:
+    import datasets
+
+    from llama_course.tokenizer import Tokenizer
 
 
 @dataclass
