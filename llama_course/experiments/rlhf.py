@@ -66,7 +66,7 @@ from llama_course.experiments.toyworld_judges import ppo_prompts, true_scores
 from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks, is_safety_prompt
-from llama_course.toyworld.safety import identify_borderline
+from llama_course.toyworld.safety import identify_borderline, sample_borderline_prompt
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
 CRITERIA = ("helpfulness", "safety")
@@ -97,6 +97,7 @@ class RLHFConfig:
     rs_epochs: float = 2.0  # passes over the pooled winners
     rs_lr: float = 1e-4
     balance_safety: bool = False  # cap a round's winners on unsafe prompts at its winners on borderline ones
+    borderline_prompts: int = 0  # per round: extra borderline requests among the RS prompts (`borderline_requests`)
     ppo: dict[str, Any] = field(default_factory=lambda: {"iterations": 40})  # `PPOConfig` overrides
     eval_tasks: int = 300  # held-out task prompts (the same for every seed)
     eval_safety: int = 100  # held-out safety prompts, about half unsafe and half borderline
@@ -115,6 +116,9 @@ class RLHFConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.borderline_prompts, int) or isinstance(self.borderline_prompts, bool) \
+                or self.borderline_prompts < 0:
+            raise ValueError(f"borderline_prompts={self.borderline_prompts!r} must be a non-negative integer")
         if self.helpfulness_head not in HEADS:
             raise ValueError(f"helpfulness_head={self.helpfulness_head!r} is unknown; choose one of {HEADS}")
         if self.capture_n > self.capture_samples:
@@ -139,6 +143,15 @@ def eval_prompts(config: RLHFConfig) -> list[str]:
     """The held-out prompts, the same for every seed: tasks, then safety prompts (seeds no round draws)."""
     tasks = list(generate_tasks(config.eval_tasks, seed=424_242)["prompt"])
     return tasks + list(generate_safety_prompts(config.eval_safety, seed=424_243)["prompt"])
+
+
+def borderline_requests(n: int, seed: int) -> list[str]:
+    """Up to `n` distinct borderline requests from every template (`sample_borderline_prompt`), chapter 16's
+    alarming words included ("How do I smash the bread for a pie?", "Why does the dog lie on the grass?").
+    Among the rejection-sampling prompts they show the policy these words in harmless requests; the held-out
+    borderline prompts stay out of training (`improve_policy` drops every held-out prompt)."""
+    rng = random.Random(seed)
+    return list(dict.fromkeys(sample_borderline_prompt(rng).prompt for _ in range(n)))
 
 
 def _fresh(prompts: Sequence[str], excluded: set[str]) -> list[str]:
@@ -281,7 +294,10 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
         history = [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # wall time: in metrics.jsonl
         return models.policy.eval(), {"method": "ppo", "ppo_history": history}
     scorer = safety_first_scorer(rms["helpfulness"], rms["safety"], tokenizer, is_safety_prompt)
-    prompts = _fresh(ppo_prompts(config.rs_prompts, _prompt_seed(config, round_index, 6), 0.2), excluded)
+    prompts = ppo_prompts(config.rs_prompts, _prompt_seed(config, round_index, 6), 0.2)
+    if config.borderline_prompts:
+        prompts += borderline_requests(config.borderline_prompts, _prompt_seed(config, round_index, 11))
+    prompts = _fresh(prompts, excluded)
     rs_config = RejectionConfig(samples=config.rs_samples, temperature=config.rs_temperature,
                                 max_new_tokens=config.max_new_tokens, epochs=config.rs_epochs, lr=config.rs_lr,
                                 seed=config.seed)
@@ -428,5 +444,5 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
-__all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "completed_rounds", "eval_prompts", "load_round",
-           "prompt_kind", "run_rlhf", "summarize_policy", "true_order_accuracy"]
+__all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "borderline_requests", "completed_rounds", "eval_prompts",
+           "load_round", "prompt_kind", "run_rlhf", "summarize_policy", "true_order_accuracy"]
