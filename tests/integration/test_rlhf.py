@@ -15,6 +15,7 @@ from llama_course.experiments.rlhf import (
     CRITERIA,
     RLHFConfig,
     balanced_safety_mix,
+    borderline_requests,
     eval_prompts,
     run_rlhf,
     true_order_accuracy,
@@ -32,7 +33,7 @@ from llama_course.toyworld.safety import identify_borderline
 
 # Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
 SMOKE = dict(rounds=2, toy_pairs=16, helpfulness_prompts=16, safety_prompts=8, new_pair_prompts=12, rs_prompts=8,
-             rs_samples=2, eval_tasks=6, eval_safety=4, capture_prompts=3, capture_samples=2, capture_n=2,
+             rs_samples=2, borderline_prompts=6, eval_tasks=6, eval_safety=4, capture_prompts=3, capture_samples=2, capture_n=2,
              max_new_tokens=12, ppo={"iterations": 1, "batch_size": 8, "minibatch_size": 4, "chunk_size": 8})
 
 
@@ -79,6 +80,19 @@ def test_config_rejects_bad_values_before_any_work():
         RLHFConfig(rounds=0)
     with pytest.raises(ValueError, match="helpfulness_head='linear' is unknown"):
         RLHFConfig(helpfulness_head="linear")
+    with pytest.raises(ValueError, match="borderline_prompts=-1"):
+        RLHFConfig(borderline_prompts=-1)
+
+
+def test_borderline_requests_carry_the_alarming_words_and_stay_apart_from_the_held_out_ones():
+    from llama_course.toyworld.safety import ADDED_BORDERLINE_TOPICS, is_safety_prompt
+
+    drawn = borderline_requests(400, seed=11)
+    assert drawn == borderline_requests(400, seed=11) and len(drawn) == len(set(drawn)) > 50
+    topics = {identify_borderline(p)[0] for p in drawn}  # every one a borderline request, none unsafe
+    assert set(ADDED_BORDERLINE_TOPICS) <= topics and not any(is_safety_prompt(p) for p in drawn)
+    held_out = set(eval_prompts(RLHFConfig()))
+    assert held_out & set(drawn)  # the fixed wordings are drawn too: improve_policy drops them (next test)
 
 
 def test_balanced_safety_mix_caps_unsafe_winners_at_the_borderline_count():
@@ -104,6 +118,8 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     for k in range(3):  # every round's helpfulness RM has the chosen head; the safety RM stays scalar
         rms = {c: json.loads((seed_dir / f"round-{k}/rm_{c}/config.json").read_text()) for c in CRITERIA}
         assert (rms["helpfulness"]["head"], rms["safety"]["head"]) == (head, "scalar")
+    pool = json.loads((seed_dir / "round-1/rs_pool.json").read_text())
+    assert any(identify_borderline(p) for p in pool) and not set(pool) & set(eval_prompts(config))
     finished = {k: (seed_dir / f"round-{k}/round.json").read_text() for k in range(3)}
     (seed_dir / "round-2/round.json").unlink()  # as if the run had stopped during round 2
     resumed = run_rlhf(config)  # round 2 runs again from round 1's files, the same to the last digit
