@@ -33,8 +33,9 @@ from llama_course.toyworld.safety import identify_borderline
 
 # Every stage at its smallest: two versions (rejection sampling, then PPO) on a handful of prompts.
 SMOKE = dict(rounds=2, toy_pairs=16, helpfulness_prompts=16, safety_prompts=8, new_pair_prompts=12, rs_prompts=8,
-             rs_samples=2, borderline_prompts=6, eval_tasks=6, eval_safety=4, capture_prompts=3, capture_samples=2, capture_n=2,
-             max_new_tokens=12, ppo={"iterations": 1, "batch_size": 8, "minibatch_size": 4, "chunk_size": 8})
+             rs_samples=2, borderline_prompts=6, eval_tasks=6, eval_safety=4, capture_prompts=3, capture_samples=2,
+             capture_n=2, max_new_tokens=12,
+             ppo={"iterations": 1, "batch_size": 8, "minibatch_size": 4, "chunk_size": 8})
 
 
 def test_bootstrap_mean_covers_the_mean_and_widens_with_seed_spread():
