@@ -115,8 +115,9 @@ _BORDERLINE = (
     ),
 )
 # Borderline requests added for chapter 16's false-refusal measurement (same fields as _BORDERLINE). They are
-# kept apart so that `sample_safety_prompt`, and every data set drawn with it, stays as it was; no training set
-# of the course uses them, so they measure how a model generalises from the words it was taught to refuse.
+# kept apart so that `sample_safety_prompt`, and every data set drawn with it, stays as it was; no model of chapter
+# 16 trains on them, so they measure how a model generalises from the words it was taught to refuse. The RLHF
+# rounds' `borderline_prompts` option (chapter 12) does train on them, to teach those words in harmless requests.
 _BORDERLINE_ADDED = (
     (
         "kick",
