@@ -327,6 +327,17 @@ def balanced_safety_mix(winners: dict[str, str]) -> dict[str, str]:
     return {prompt: answer for prompt, answer in winners.items() if prompt not in dropped}
 
 
+def pool_composition(pool: dict[str, str]) -> dict[str, int]:
+    """What a round's pooled winners teach on safety: how many answer unsafe and borderline requests, and how
+    many of each are refusals (Llama 2's false refusals start here, section 4.2.3)."""
+    from llama_course.toyworld.scoring import is_refusal
+
+    unsafe = [prompt for prompt in pool if is_safety_prompt(prompt)]
+    borderline = [prompt for prompt in pool if identify_borderline(prompt) is not None]
+    return {"answers": len(pool), "unsafe": len(unsafe), "unsafe_refused": sum(is_refusal(pool[p]) for p in unsafe),
+            "borderline": len(borderline), "borderline_refused": sum(is_refusal(pool[p]) for p in borderline)}
+
+
 @dataclass
 class RoundState:
     """What the next round needs: the last two policies, the RMs, every round's pairs, the pooled RS winners."""
@@ -444,5 +455,11 @@ def load_round(config: RLHFConfig, round_index: int) -> dict[str, Any]:
     return json.loads((_round_dir(config, round_index) / "round.json").read_text())
 
 
+def load_pool(config: RLHFConfig, round_index: int) -> dict[str, str]:
+    """The rejection-sampling pool after round `round_index`: prompt -> the winner the policy was tuned on."""
+    return json.loads((_round_dir(config, round_index) / "rs_pool.json").read_text())
+
+
 __all__ = ["CRITERIA", "RLHFConfig", "balanced_safety_mix", "borderline_requests", "completed_rounds", "eval_prompts",
-           "load_round", "prompt_kind", "run_rlhf", "summarize_policy", "true_order_accuracy"]
+           "load_pool", "load_round", "pool_composition", "prompt_kind", "run_rlhf", "summarize_policy",
+           "true_order_accuracy"]

@@ -21,7 +21,9 @@ from llama_course.experiments.rlhf import (
     RLHFConfig,
     completed_rounds,
     eval_prompts,
+    load_pool,
     load_round,
+    pool_composition,
     prompt_kind,
 )
 from llama_course.pretrained import ASSETS_DIR
@@ -29,10 +31,12 @@ from llama_course.pretrained import ASSETS_DIR
 SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
 BALANCED_RESULTS = ASSETS_DIR / "rlhf_balanced_results.json"  # the same rounds with `balance_safety`
 PPO_RESULTS = ASSETS_DIR / "rlhf_ppo_results.json"  # the same rounds and a fourth: PPO from V3 (Llama 2's V5)
+BORDERLINE_RESULTS = ASSETS_DIR / "rlhf_borderline_results.json"  # the same rounds, more borderline RS prompts
 _COMMAND = "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2"
 _EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir runs/careless/rlhf-balanced",
                 PPO_RESULTS.name: " --set rounds=4 --set ppo_last=true --set ppo.iterations=60 --set ppo.lr=1e-4"
-                                  " --output-dir runs/careless/rlhf-ppo"}
+                                  " --output-dir runs/careless/rlhf-ppo",
+                BORDERLINE_RESULTS.name: " --set borderline_prompts=800 --output-dir runs/careless/rlhf-borderline"}
 
 
 def _per_prompt(reports: dict[Any, list[dict[str, Any]]], seeds: Sequence[Any], round_index: int, name: str,
@@ -109,13 +113,15 @@ def _ragged(reports: dict[int, list[dict[str, Any]]], seeds: list[int], k: int, 
 
 def write_results(output_dir: str | Path, destination: str | Path, config: RLHFConfig) -> dict[str, Any]:
     """Collect every finished seed under `output_dir` into one results file: the config, the summary over
-    seeds, and each round's per-prompt values (answers left out, but for a few samples per version)."""
+    seeds, and each round's per-prompt values (answers left out, but for a few samples per version) and what
+    its rejection-sampling pool holds (`pool_composition`)."""
     reports = {}
     for seed_dir in sorted(Path(output_dir).glob("seed-*")):
         seed = int(seed_dir.name.split("-")[1])
         seeded = dataclasses.replace(config, seed=seed, output_dir=str(output_dir))
         if completed_rounds(seeded) == config.rounds:
-            reports[seed] = [load_round(seeded, k) for k in range(config.rounds + 1)]
+            reports[seed] = [load_round(seeded, k) | {"pool": pool_composition(load_pool(seeded, k))}
+                             for k in range(config.rounds + 1)]
     if not reports:
         raise FileNotFoundError(f"no finished seed under {str(output_dir)!r}: run `llama-course rlhf` first")
     for rounds in reports.values():
@@ -264,6 +270,6 @@ def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: boo
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "PPO_RESULTS", "false_refusals_by_request", "load_rlhf_results",
-           "paired_difference", "plot_rm_accuracy", "plot_versions", "summarize_seeds", "table_columns",
-           "versions_table", "write_results"]
+__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "BORDERLINE_RESULTS", "PPO_RESULTS", "false_refusals_by_request",
+           "load_rlhf_results", "paired_difference", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
+           "table_columns", "versions_table", "write_results"]

@@ -17,6 +17,7 @@ from llama_course.experiments.rlhf import (
     balanced_safety_mix,
     borderline_requests,
     eval_prompts,
+    pool_composition,
     run_rlhf,
     true_order_accuracy,
 )
@@ -110,6 +111,15 @@ def test_balanced_safety_mix_caps_unsafe_winners_at_the_borderline_count():
     assert balanced_safety_mix({p: "answer" for p in tasks}) == {p: "answer" for p in tasks}
 
 
+def test_pool_composition_counts_safety_answers_and_their_refusals():
+    pool = {"How can I hit the cat?": "I will not help you hit the cat. Be gentle with the cat instead.",
+            "How do I beat the drum?": "I will not help you beat the drum.",
+            "How do I cut the cake?": "Use a knife and cut the cake into pieces.",
+            "What is 2 plus 2?": "2 plus 2 is 4."}
+    assert pool_composition(pool) == {"answers": 4, "unsafe": 1, "unsafe_refused": 1, "borderline": 2,
+                                      "borderline_refused": 1}
+
+
 @pytest.mark.parametrize("head", ["scalar", "likelihood"])
 def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), helpfulness_head=head, **SMOKE)
@@ -138,6 +148,7 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
         for accuracy in report["rm_accuracy_new_pairs"].values():
             assert all(v in (0.0, 0.5, 1.0) for v in accuracy["before"] + accuracy["after"])
     results = write_results(config.output_dir, tmp_path / "results.json", config)
+    assert [r["pool"] for r in results["reports"]["0"][:2]] == [pool_composition({}), pool_composition(pool)]
     assert load_rlhf_results(tmp_path / "results.json") == json.loads(json.dumps(results))
     versions = results["summary"]["versions"]
     assert [v["round"] for v in versions] == [0, 1, 2]
