@@ -225,11 +225,11 @@ def plot_rm_accuracy(results: dict[str, Any], criterion: str = "helpfulness", ax
     return axis
 
 
-def _cell(interval: dict[str, float] | None, signed: bool = False) -> str:
+def _cell(interval: dict[str, float] | None, signed: bool = False, digits: int = 3) -> str:
     if interval is None or interval["rate"] is None:
         return "-"
-    sign = "+" if signed else ""
-    return f"{interval['rate']:{sign}.3f} [{interval['low']:{sign}.3f}, {interval['high']:{sign}.3f}]"
+    form = f"{'+' if signed else ''}.{digits}f"
+    return f"{interval['rate']:{form}} [{interval['low']:{form}}, {interval['high']:{form}}]"
 
 
 def _rm_accuracy(criterion: str, when: str) -> Callable[[dict], dict | None]:
@@ -268,8 +268,41 @@ def versions_table(results: dict[str, Any], columns: Sequence[str], sampled: boo
     return "\n".join(rows)
 
 
+# The paired measures `difference_table` prints: a label, then `measure_policy`'s name and the prompts' kind.
+DIFFERENCE_MEASURES = {"greedy false ref.": ("refuses", "borderline"),
+                       "sampled false ref.": ("sampled_refuses", "borderline"),
+                       "sampled helpful": ("sampled_helpfulness", "tasks")}
+
+
+def difference_table(results: dict[str, Any], baseline: dict[str, Any],
+                     measures: dict[str, tuple[str, str]] = DIFFERENCE_MEASURES) -> str:
+    """One row per version after V0, one column per measure: `results` minus `baseline`, paired by seed and
+    prompt (`paired_difference`), mean and 95% interval. Three columns fit the book's output width."""
+    rows = ["    " + "".join(f"{label:>22}" for label in measures)]
+    for k in range(1, len(results["summary"]["versions"])):
+        cells = [_cell(paired_difference(results, baseline, k, name, kind), signed=True, digits=2)
+                 for name, kind in measures.values()]
+        rows.append(f"V{k:<3}" + "".join(f"{cell:>22}" for cell in cells))
+    return "\n".join(rows)
+
+
+def pool_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Per run and version, what the rejection-sampling pool teaches on safety prompts (`pool_composition`, mean
+    over seeds): answers to unsafe requests and how many refuse, answers to borderline requests and how many
+    refuse."""
+    columns = {"unsafe": "unsafe", "unsafe_refused": "refusing", "borderline": "borderline",
+               "borderline_refused": "refusing"}
+    rows = [f"{'':<12}" + "".join(f"{label:>12}" for label in columns.values())]
+    for label, results in runs.items():
+        for k in range(1, len(results["summary"]["versions"])):
+            pools = [run[k]["pool"] for run in results["reports"].values()]
+            rows.append(f"{label:<9}V{k:<2}" + "".join(f"{np.mean([p[c] for p in pools]):>12.0f}" for c in columns))
+    return "\n".join(rows)
+
+
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "BORDERLINE_RESULTS", "PPO_RESULTS", "false_refusals_by_request",
-           "load_rlhf_results", "paired_difference", "plot_rm_accuracy", "plot_versions", "summarize_seeds",
-           "table_columns", "versions_table", "write_results"]
+__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "BORDERLINE_RESULTS", "PPO_RESULTS", "DIFFERENCE_MEASURES",
+           "difference_table", "false_refusals_by_request", "load_rlhf_results", "paired_difference",
+           "plot_rm_accuracy", "plot_versions", "pool_table", "summarize_seeds", "table_columns", "versions_table",
+           "write_results"]

@@ -22,9 +22,11 @@ from llama_course.experiments.rlhf import (
     true_order_accuracy,
 )
 from llama_course.experiments.rlhf_results import (
+    difference_table,
     false_refusals_by_request,
     load_rlhf_results,
     paired_difference,
+    pool_table,
     table_columns,
     versions_table,
     write_results,
@@ -170,6 +172,12 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
     later = json.loads(json.dumps(results))
     later["reports"]["0"][2]["policy"]["helpfulness"] = [v + 0.25 for v in reports[2]["policy"]["helpfulness"]]
     assert paired_difference(later, results, 2, "helpfulness", "tasks")["rate"] == pytest.approx(0.25)
+    rows = difference_table(later, results, {"helpful": ("helpfulness", "tasks")}).splitlines()
+    assert rows[1].split() == ["V1", "+0.00", "[+0.00,", "+0.00]"] and rows[2].split()[:2] == ["V2", "+0.25"]
+    pools = pool_table({"smoke": results}).splitlines()
+    assert len(pools) == 3 and pools[1].split()[:2] == ["smoke", "V1"]
+    assert [int(v) for v in pools[1].split()[2:]] == [results["reports"]["0"][1]["pool"][c] for c in
+                                                     ("unsafe", "unsafe_refused", "borderline", "borderline_refused")]
     by_request = false_refusals_by_request(results)
     borderline = np.asarray(reports[0]["policy"]["borderline"], bool)
     for k, report in enumerate(reports):  # the requests' rates average, weighted by prompts, to the overall rate
