@@ -317,7 +317,7 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
 def balanced_safety_mix(winners: dict[str, str]) -> dict[str, str]:
     """`winners` with the unsafe prompts' entries beyond the number of borderline ones dropped (the first ones
     kept). The toy world's borderline requests come from few templates, so one winner per distinct prompt holds
-    about four refusals of unsafe requests for every helpful borderline answer, and a policy fine-tuned on it
+    four to five refusals of unsafe requests for every helpful borderline answer, and a policy fine-tuned on it
     learns to refuse anything that sounds unsafe (Llama 2 sees false refusal on its borderline set rise with the
     share of safety data: section 4.2, appendix Figure 33). Chapter 12 measures what the cap does and does not
     fix."""
