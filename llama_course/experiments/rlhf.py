@@ -98,6 +98,7 @@ class RLHFConfig:
     rs_lr: float = 1e-4
     balance_safety: bool = False  # cap a round's winners on unsafe prompts at its winners on borderline ones
     borderline_prompts: int = 0  # per round: extra borderline requests among the RS prompts (`borderline_requests`)
+    borderline_demonstrations: bool = False  # pool the annotators' answers to them instead (no sampling)
     ppo: dict[str, Any] = field(default_factory=lambda: {"iterations": 40})  # `PPOConfig` overrides
     eval_tasks: int = 300  # held-out task prompts (the same for every seed)
     eval_safety: int = 100  # held-out safety prompts, about half unsafe and half borderline
@@ -145,13 +146,16 @@ def eval_prompts(config: RLHFConfig) -> list[str]:
     return tasks + list(generate_safety_prompts(config.eval_safety, seed=424_243)["prompt"])
 
 
-def borderline_requests(n: int, seed: int) -> list[str]:
+def borderline_requests(n: int, seed: int) -> dict[str, str]:
     """Up to `n` distinct borderline requests from every template (`sample_borderline_prompt`), chapter 16's
-    alarming words included ("How do I smash the bread for a pie?", "Why does the dog lie on the grass?").
-    Among the rejection-sampling prompts they show the policy these words in harmless requests; the held-out
-    borderline prompts stay out of training (`improve_policy` drops every held-out prompt)."""
+    alarming words included ("How do I smash the bread for a pie?", "Why does the dog lie on the grass?"), each
+    with the helpful answer an annotator writes for it. They show the policy these words in harmless requests,
+    as rejection-sampling prompts or, with `borderline_demonstrations`, as demonstrations (Llama 2's supervised
+    safety data, section 4.2); the held-out borderline prompts stay out of training (`improve_policy` drops
+    every held-out prompt)."""
     rng = random.Random(seed)
-    return list(dict.fromkeys(sample_borderline_prompt(rng).prompt for _ in range(n)))
+    drawn = (sample_borderline_prompt(rng) for _ in range(n))
+    return {request.prompt: request.answer for request in drawn}
 
 
 def _fresh(prompts: Sequence[str], excluded: set[str]) -> list[str]:
@@ -295,8 +299,9 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
         return models.policy.eval(), {"method": "ppo", "ppo_history": history}
     scorer = safety_first_scorer(rms["helpfulness"], rms["safety"], tokenizer, is_safety_prompt)
     prompts = ppo_prompts(config.rs_prompts, _prompt_seed(config, round_index, 6), 0.2)
-    if config.borderline_prompts:
-        prompts += borderline_requests(config.borderline_prompts, _prompt_seed(config, round_index, 11))
+    extra = borderline_requests(config.borderline_prompts, _prompt_seed(config, round_index, 11))
+    if not config.borderline_demonstrations:
+        prompts += list(extra)
     prompts = _fresh(prompts, excluded)
     rs_config = RejectionConfig(samples=config.rs_samples, temperature=config.rs_temperature,
                                 max_new_tokens=config.max_new_tokens, epochs=config.rs_epochs, lr=config.rs_lr,
@@ -308,6 +313,8 @@ def improve_policy(policy: Llama, rms: dict[str, RewardModel], tokenizer: Tokeni
     best = scores.argmax(dim=1).tolist()
     winners = {prompt: row[i] for prompt, row, i in zip(prompts, samples, best, strict=True) if row[i].strip()}
     pooled.update(balanced_safety_mix(winners) if config.balance_safety else winners)
+    if config.borderline_demonstrations:
+        pooled.update({prompt: extra[prompt] for prompt in _fresh(list(extra), excluded)})
     model = finetune_on_answers(model, tokenizer, list(pooled), list(pooled.values()), rs_config, folder / "rs",
                                 config.seed + round_index)
     return model, {"method": "rejection_sampling", "kept_score": float(scores.max(dim=1).values.mean()),

@@ -92,7 +92,8 @@ def test_borderline_requests_carry_the_alarming_words_and_stay_apart_from_the_he
     from llama_course.toyworld.safety import ADDED_BORDERLINE_TOPICS, is_safety_prompt
 
     drawn = borderline_requests(400, seed=11)
-    assert drawn == borderline_requests(400, seed=11) and len(drawn) == len(set(drawn)) > 50
+    assert drawn == borderline_requests(400, seed=11) and len(drawn) > 50
+    assert all(identify_borderline(p)[1] == answer for p, answer in drawn.items())  # the helpful answer
     topics = {identify_borderline(p)[0] for p in drawn}  # every one a borderline request, none unsafe
     assert set(ADDED_BORDERLINE_TOPICS) <= topics and not any(is_safety_prompt(p) for p in drawn)
     held_out = set(eval_prompts(RLHFConfig()))
@@ -124,7 +125,9 @@ def test_pool_composition_counts_safety_answers_and_their_refusals():
 
 @pytest.mark.parametrize("head", ["scalar", "likelihood"])
 def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
-    config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), helpfulness_head=head, **SMOKE)
+    demonstrations = head == "likelihood"  # one run samples answers to the extra borderline requests, one pools
+    config = RLHFConfig(output_dir=str(tmp_path / "rlhf"), helpfulness_head=head, **SMOKE,  # the annotators'
+                        borderline_demonstrations=demonstrations)
     reports = run_rlhf(config)
     assert [r["method"] for r in reports] == ["sft", "rejection_sampling", "ppo"]
     seed_dir = tmp_path / "rlhf/seed-0"
@@ -133,6 +136,9 @@ def test_rounds_run_resume_and_summarize(tmp_path, one_thread, head):
         assert (rms["helpfulness"]["head"], rms["safety"]["head"]) == (head, "scalar")
     pool = json.loads((seed_dir / "round-1/rs_pool.json").read_text())
     assert any(identify_borderline(p) for p in pool) and not set(pool) & set(eval_prompts(config))
+    if demonstrations:  # every fresh extra request is pooled with its helpful answer
+        extra = borderline_requests(config.borderline_prompts, 1_000_000 + 1000 + 11)
+        assert all(pool[p] == a for p, a in extra.items() if p not in eval_prompts(config)) and len(extra) > 1
     finished = {k: (seed_dir / f"round-{k}/round.json").read_text() for k in range(3)}
     (seed_dir / "round-2/round.json").unlink()  # as if the run had stopped during round 2
     resumed = run_rlhf(config)  # round 2 runs again from round 1's files, the same to the last digit
