@@ -32,11 +32,14 @@ SHIPPED_RESULTS = ASSETS_DIR / "rlhf_results.json"
 BALANCED_RESULTS = ASSETS_DIR / "rlhf_balanced_results.json"  # the same rounds with `balance_safety`
 PPO_RESULTS = ASSETS_DIR / "rlhf_ppo_results.json"  # the same rounds and a fourth: PPO from V3 (Llama 2's V5)
 BORDERLINE_RESULTS = ASSETS_DIR / "rlhf_borderline_results.json"  # the same rounds, more borderline RS prompts
+DEMONSTRATIONS_RESULTS = ASSETS_DIR / "rlhf_demonstrations_results.json"  # ... pooled with their helpful answers
 _COMMAND = "llama-course rlhf --config llama_course/assets/configs/rlhf-careless.toml --seeds 0 1 2"
 _EXTRA_FLAGS = {BALANCED_RESULTS.name: " --set balance_safety=true --output-dir runs/careless/rlhf-balanced",
                 PPO_RESULTS.name: " --set rounds=4 --set ppo_last=true --set ppo.iterations=60 --set ppo.lr=1e-4"
                                   " --output-dir runs/careless/rlhf-ppo",
-                BORDERLINE_RESULTS.name: " --set borderline_prompts=800 --output-dir runs/careless/rlhf-borderline"}
+                BORDERLINE_RESULTS.name: " --set borderline_prompts=800 --output-dir runs/careless/rlhf-borderline",
+                DEMONSTRATIONS_RESULTS.name: " --set borderline_prompts=800 --set borderline_demonstrations=true"
+                                             " --output-dir runs/careless/rlhf-demonstrations"}
 
 
 def _per_prompt(reports: dict[Any, list[dict[str, Any]]], seeds: Sequence[Any], round_index: int, name: str,
@@ -302,7 +305,7 @@ def pool_table(runs: dict[str, dict[str, Any]]) -> str:
 
 _METHOD_LABELS = {"sft": "SFT", "rejection_sampling": "RS", "ppo": "PPO"}
 
-__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "BORDERLINE_RESULTS", "PPO_RESULTS", "DIFFERENCE_MEASURES",
-           "difference_table", "false_refusals_by_request", "load_rlhf_results", "paired_difference",
-           "plot_rm_accuracy", "plot_versions", "pool_table", "summarize_seeds", "table_columns", "versions_table",
-           "write_results"]
+__all__ = ["SHIPPED_RESULTS", "BALANCED_RESULTS", "BORDERLINE_RESULTS", "DEMONSTRATIONS_RESULTS", "PPO_RESULTS",
+           "DIFFERENCE_MEASURES", "difference_table", "false_refusals_by_request", "load_rlhf_results",
+           "paired_difference", "plot_rm_accuracy", "plot_versions", "pool_table", "summarize_seeds", "table_columns",
+           "versions_table", "write_results"]
