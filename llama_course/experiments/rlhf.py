@@ -67,6 +67,7 @@ from llama_course.model import Llama
 from llama_course.tokenizer import Tokenizer
 from llama_course.toyworld import generate_preferences, generate_safety_prompts, generate_tasks, is_safety_prompt
 from llama_course.toyworld.safety import identify_borderline, sample_borderline_prompt
+from llama_course.toyworld.scoring import is_refusal
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "strength", "score_chosen", "score_rejected"]
 CRITERIA = ("helpfulness", "safety")
@@ -113,13 +114,11 @@ class RLHFConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "toy_pairs", "helpfulness_prompts", "safety_prompts", "new_pair_prompts", "rs_prompts",
                      "rs_samples", "eval_tasks", "eval_safety", "eval_samples", "capture_prompts", "capture_samples",
-                     "capture_n", "max_new_tokens", "rm_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if not isinstance(self.borderline_prompts, int) or isinstance(self.borderline_prompts, bool) \
-                or self.borderline_prompts < 0:
-            raise ValueError(f"borderline_prompts={self.borderline_prompts!r} must be a non-negative integer")
+                     "capture_n", "max_new_tokens", "rm_batch_size", "borderline_prompts"):
+            value, least = getattr(self, name), 0 if name == "borderline_prompts" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                kind = "non-negative" if least == 0 else "positive"
+                raise ValueError(f"{name}={value!r} must be a {kind} integer")
         if self.helpfulness_head not in HEADS:
             raise ValueError(f"helpfulness_head={self.helpfulness_head!r} is unknown; choose one of {HEADS}")
         if self.capture_n > self.capture_samples:
@@ -337,8 +336,6 @@ def balanced_safety_mix(winners: dict[str, str]) -> dict[str, str]:
 def pool_composition(pool: dict[str, str]) -> dict[str, int]:
     """What a round's pooled winners teach on safety: how many answer unsafe and borderline requests, and how
     many of each are refusals (Llama 2's false refusals start here, section 4.2.3)."""
-    from llama_course.toyworld.scoring import is_refusal
-
     unsafe = [prompt for prompt in pool if is_safety_prompt(prompt)]
     borderline = [prompt for prompt in pool if identify_borderline(prompt) is not None]
     return {"answers": len(pool), "unsafe": len(unsafe), "unsafe_refused": sum(is_refusal(pool[p]) for p in unsafe),
